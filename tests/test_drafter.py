@@ -1,0 +1,141 @@
+"""Drafter: beam search shapes/determinism, checkpoints, and target-compatibility checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import redrafter_rs as rr
+from conftest import tiny_llama
+from redrafter_rs import RedrafterError
+
+
+def test_beam_search_shapes_root_and_determinism(tiny_model, tiny_drafter):
+    embed = tiny_model.get_input_embeddings()
+    h = torch.randn(3, 64)
+    root = torch.tensor([5, 6, 7])
+    beams = rr.beam_search(tiny_drafter, embed, h, root, 4, 5)
+    assert beams.shape == (3, 4, 5) and beams.dtype == torch.long
+    assert torch.equal(beams[:, :, 0], root[:, None].expand(3, 4))
+    # the first expansion comes from the single live beam: W distinct children of the root
+    first = rr.beam_search(tiny_drafter, embed, h, root, 4, 2)
+    assert all(len(set(first[b, :, 1].tolist())) == 4 for b in range(3))
+    assert torch.equal(beams, rr.beam_search(tiny_drafter, embed, h, root, 4, 5))
+    # beams are distinct sequences (top-W over distinct (parent, token) pairs)
+    assert len({tuple(x) for x in beams[0].tolist()}) == 4
+
+
+def test_beam_search_l1_and_bad_args(tiny_model, tiny_drafter):
+    embed = tiny_model.get_input_embeddings()
+    h, root = torch.randn(1, 64), torch.tensor([4])
+    assert rr.beam_search(tiny_drafter, embed, h, root, 3, 1).tolist() == [[[4], [4], [4]]]
+    with pytest.raises(RedrafterError, match="beam_width"):
+        rr.beam_search(tiny_drafter, embed, h, root, 0, 3)
+    with pytest.raises(RedrafterError, match="beam_length"):
+        rr.beam_search(tiny_drafter, embed, h, root, 2, 0)
+    with pytest.raises(RedrafterError, match="root"):
+        rr.beam_search(tiny_drafter, embed, h, torch.tensor([1, 2]), 2, 3)
+    with pytest.raises(RedrafterError, match="exceeds"):
+        rr.beam_search(tiny_drafter, embed, h, root, 1000, 3)
+
+
+def test_reduced_vocabulary_maps_back_to_target_ids(tiny_model):
+    vocab = torch.tensor([9, 3, 40, 41, 77, 2, 60, 11])
+    drafter = rr.RecurrentDrafter.for_target(tiny_model, draft_vocab=vocab, exit_dim=32)
+    embed = tiny_model.get_input_embeddings()
+    beams = rr.beam_search(drafter, embed, torch.randn(2, 64), torch.tensor([0, 1]), 4, 4)
+    assert set(beams[:, :, 1:].flatten().tolist()) <= set(vocab.tolist())
+    ids = torch.tensor([[4, 5, 6]])
+    want = tiny_model.generate(ids, do_sample=False, max_new_tokens=12)
+    assert torch.equal(rr.generate(tiny_model, drafter, ids, max_new_tokens=12).sequences, want)
+
+
+def test_save_and_load_roundtrip(tmp_path, tiny_model):
+    torch.manual_seed(0)
+    drafter = rr.RecurrentDrafter.for_target(
+        tiny_model, num_layers=2, exit_dim=48, draft_vocab=torch.arange(10, 42)
+    )
+    drafter.save_pretrained(tmp_path)
+    loaded = rr.RecurrentDrafter.from_pretrained(tmp_path, target=tiny_model)
+    assert loaded.config == drafter.config
+    for (k, a), (_, b) in zip(
+        drafter.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), k
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["vocab_size"] == 96 and cfg["hidden_size"] == 64 and cfg["embedding_probe"]
+    assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporaries
+
+
+def test_half_precision_storage_roundtrips_within_precision(tmp_path, tiny_model):
+    drafter = rr.RecurrentDrafter.for_target(tiny_model)
+    drafter.save_pretrained(tmp_path, dtype=torch.bfloat16)
+    loaded = rr.RecurrentDrafter.from_pretrained(tmp_path, target=tiny_model)
+    assert torch.allclose(loaded.head.weight, drafter.head.weight, rtol=1e-2, atol=1e-2)
+    assert (tmp_path / "model.safetensors").stat().st_size < 0.6 * sum(
+        p.numel() * 4 for p in drafter.parameters()
+    )
+
+
+def test_mismatched_target_is_refused(tmp_path, tiny_model):
+    rr.RecurrentDrafter.for_target(tiny_model).save_pretrained(tmp_path)
+    other_vocab = tiny_llama(vocab_size=100)
+    with pytest.raises(RedrafterError, match="vocab_size=96.*vocab_size=100"):
+        rr.RecurrentDrafter.from_pretrained(tmp_path, target=other_vocab)
+    same_shape_other_weights = tiny_llama(seed=42)
+    with pytest.raises(RedrafterError, match="fingerprint"):
+        rr.RecurrentDrafter.from_pretrained(tmp_path, target=same_shape_other_weights)
+    drafter = rr.RecurrentDrafter.from_pretrained(tmp_path)
+    with pytest.raises(RedrafterError, match="mismatch"):
+        rr.generate(same_shape_other_weights, drafter, torch.tensor([[1, 2]]), max_new_tokens=2)
+
+
+def test_corrupt_checkpoints_give_clear_errors(tmp_path, tiny_model):
+    rr.RecurrentDrafter.for_target(tiny_model).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RedrafterError, match="corrupt"):
+        rr.RecurrentDrafter.from_pretrained(tmp_path)
+    weights.write_bytes(b"\x00" * 64)
+    with pytest.raises(RedrafterError, match="corrupt"):
+        rr.RecurrentDrafter.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(RedrafterError, match="not valid JSON"):
+        rr.RecurrentDrafter.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(RedrafterError, match="model_type"):
+        rr.RecurrentDrafter.from_pretrained(tmp_path)
+    with pytest.raises(RedrafterError, match="not found"):
+        rr.RecurrentDrafter.from_pretrained(tmp_path / "missing")
+
+
+def test_checkpoint_with_wrong_tensor_shapes(tmp_path, tiny_model):
+    rr.RecurrentDrafter.for_target(tiny_model, exit_dim=32).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["exit_dim"] = 40
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RedrafterError, match="shape"):
+        rr.RecurrentDrafter.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("ids", "kwargs", "fragment"),
+    [
+        (torch.zeros(1, 0, dtype=torch.long), {}, "empty"),
+        (torch.ones(1, 250, dtype=torch.long), {"max_new_tokens": 10}, "max_position_embeddings"),
+        (torch.ones(1, 3), {}, "integer"),
+        (torch.tensor([[1, 500]]), {}, "token ids"),
+        (torch.tensor([[1, -2]]), {}, "token ids"),
+        (torch.ones(1, 1, 3, dtype=torch.long), {}, "[B, T]"),
+        (torch.ones(1, 3, dtype=torch.long), {"beam_width": 0}, "beam_width"),
+        (torch.ones(1, 3, dtype=torch.long), {"beam_length": 0}, "beam_length"),
+        (torch.ones(1, 3, dtype=torch.long), {"max_new_tokens": 0}, "max_new_tokens"),
+    ],
+)
+def test_generate_rejects_bad_input(tiny_model, tiny_drafter, ids, kwargs, fragment):
+    with pytest.raises(RedrafterError) as info:
+        rr.generate(tiny_model, tiny_drafter, ids, **kwargs)
+    assert fragment in str(info.value)

@@ -1,0 +1,122 @@
+"""Greedy speculative generation equals plain greedy `model.generate`, token for token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import redrafter_rs as rr
+from helpers import NoisyOracleDrafter, OracleDrafter
+
+
+def _plain(model, ids, n):
+    return model.generate(ids, do_sample=False, max_new_tokens=n)
+
+
+@pytest.mark.parametrize(("W", "L"), [(1, 1), (1, 2), (2, 2), (4, 3), (4, 5), (8, 4), (3, 7)])
+def test_tiny_llama_equals_generate(tiny_model, tiny_drafter, W, L):
+    gen = torch.Generator().manual_seed(W * 100 + L)
+    for _ in range(6):
+        T = int(torch.randint(1, 20, (1,), generator=gen))
+        ids = torch.randint(2, tiny_model.config.vocab_size, (1, T), generator=gen)
+        want = _plain(tiny_model, ids, 24)
+        out = rr.generate(
+            tiny_model, tiny_drafter, ids, max_new_tokens=24, beam_width=W, beam_length=L
+        )
+        assert torch.equal(out.sequences, want), (W, L, ids.tolist())
+        assert out.stats.new_tokens == want.shape[1] - T
+        assert out.stats.steps == 0 or 1.0 <= out.stats.tau <= L
+
+
+def test_tiny_llama_oracle_drafter_accepts_everything(tiny_model):
+    ids = torch.tensor([[5, 17, 33, 2, 9]])
+    want = _plain(tiny_model, ids, 40)
+    oracle = OracleDrafter(want[0], tiny_model.config.vocab_size)
+    out = rr.generate(tiny_model, oracle, ids, max_new_tokens=40, beam_width=3, beam_length=5)
+    assert torch.equal(out.sequences, want)
+    # every step but the last accepts all L-1 drafts (+ the bonus): 1 + 9 * 4 = 37 of 40 ...
+    steps = out.stats.accepted_per_step
+    assert all(a == 4 for a in steps[:-1]), steps
+    assert out.stats.tau > 4.5
+
+
+@pytest.mark.parametrize(("W", "L"), [(2, 3), (4, 5), (6, 6)])
+def test_tiny_llama_partial_acceptance_on_any_beam(tiny_model, W, L):
+    """Accepted paths that skip packed nodes exercise the KV-cache compaction."""
+    gen = torch.Generator().manual_seed(L)
+    for seed in range(4):
+        ids = torch.randint(2, tiny_model.config.vocab_size, (1, 6), generator=gen)
+        want = _plain(tiny_model, ids, 40)
+        drafter = NoisyOracleDrafter(want[0], tiny_model.config.vocab_size, seed=seed)
+        out = rr.generate(tiny_model, drafter, ids, max_new_tokens=40, beam_width=W, beam_length=L)
+        assert torch.equal(out.sequences, want)
+        if out.stats.steps > 2:
+            assert 0 < sum(out.stats.accepted_per_step) < out.stats.steps * (L - 1)
+
+
+def test_tiny_llama_stops_at_eos_like_generate():
+    model = _eos_prone_model()
+    ids = torch.tensor([[3, 4, 5]])
+    want = _plain(model, ids, 50)
+    assert want.shape[1] < 3 + 50 and int(want[0, -1]) == 1  # generate stopped on EOS
+    torch.manual_seed(0)
+    drafter = rr.RecurrentDrafter.for_target(model)
+    out = rr.generate(model, drafter, ids, max_new_tokens=50, beam_width=4, beam_length=4)
+    assert torch.equal(out.sequences, want)
+    oracle = OracleDrafter(want[0], model.config.vocab_size)
+    out = rr.generate(model, oracle, ids, max_new_tokens=50, beam_width=2, beam_length=6)
+    assert torch.equal(out.sequences, want)
+
+
+def _eos_prone_model():
+    """A tiny Llama whose LM head favours EOS (id 1) after a few steps of context."""
+    from conftest import tiny_llama
+
+    model = tiny_llama(seed=3)
+    with torch.no_grad():
+        model.lm_head.weight[1] += 0.35 * model.model.norm.weight.sign()
+    return model
+
+
+def test_max_new_tokens_is_exact(tiny_model, tiny_drafter):
+    ids = torch.tensor([[7, 8, 9]])
+    for n in (1, 2, 3, 7):
+        want = _plain(tiny_model, ids, n)
+        out = rr.generate(tiny_model, tiny_drafter, ids, max_new_tokens=n, beam_length=5)
+        assert torch.equal(out.sequences, want), n
+
+
+def test_stats_are_consistent(tiny_model, tiny_drafter):
+    ids = torch.tensor([[2, 3, 4, 5]])
+    out = rr.generate(tiny_model, tiny_drafter, ids, max_new_tokens=30, beam_width=4, beam_length=4)
+    s = out.stats
+    assert s.steps == len(s.accepted_per_step)
+    # prefill's token + (accepted + bonus) per step, clipped to the budget
+    assert s.new_tokens <= 1 + sum(s.accepted_per_step) + s.steps
+    assert len(s.acceptance_per_depth) == 3
+    assert all(0.0 <= a <= 1.0 for a in s.acceptance_per_depth)
+    assert s.acceptance_per_depth == sorted(s.acceptance_per_depth, reverse=True)
+    assert {"prefill", "draft", "pack", "target", "accept", "cache"} <= set(s.time_s)
+
+
+# ---- the real default model, offline ----------------------------------------------------
+
+
+def test_smollm2_untrained_drafter_equals_generate(smollm, mt_bench_prompts):
+    model, _ = smollm
+    torch.manual_seed(0)
+    drafter = rr.RecurrentDrafter.for_target(model).eval()
+    for ids in mt_bench_prompts:
+        want = _plain(model, ids, 32)
+        out = rr.generate(model, drafter, ids, max_new_tokens=32, beam_width=4, beam_length=4)
+        assert torch.equal(out.sequences, want)
+
+
+def test_smollm2_perfect_drafter_equals_generate(smollm, mt_bench_prompts):
+    model, _ = smollm
+    for ids in mt_bench_prompts:
+        want = _plain(model, ids, 48)
+        oracle = OracleDrafter(want[0], model.config.vocab_size)
+        out = rr.generate(model, oracle, ids, max_new_tokens=48, beam_width=4, beam_length=5)
+        assert torch.equal(out.sequences, want)
+        assert out.stats.tau > 4.0, out.stats.accepted_per_step
