@@ -6,43 +6,53 @@ import torch
 
 
 class OracleDrafter:
-    """Proposes the target's own greedy continuation as beam 0 (others: random tokens).
+    """Proposes the target's own greedy continuation as beam 0 (other beams: random tokens).
 
-    `reference` is the full plain-greedy output [T_prompt + new] of the target for the prompt;
-    with it every draft token is accepted, exercising the all-accepted path and the bonus token.
+    `references` are full plain-greedy outputs (prompt + new tokens) of the target, one per
+    prompt; each row's context (prompt + emitted tokens) picks the reference it is a prefix of.
+    With it every draft token is accepted: the all-accepted path and the bonus token.
     """
 
     uses_context = True
 
-    def __init__(self, reference: torch.Tensor, vocab_size: int, seed: int = 0) -> None:
-        self.reference = reference.flatten().tolist()
+    def __init__(self, references, vocab_size: int, seed: int = 0) -> None:
+        if isinstance(references, torch.Tensor) and references.dim() == 1:
+            references = [references]
+        self.references = [list(map(int, r)) for r in references]
         self.vocab_size = vocab_size
         self.gen = torch.Generator().manual_seed(seed)
 
+    def truth(self, ctx: list[int], n: int) -> torch.Tensor:
+        """The n reference tokens after `ctx` (zeros where none is known)."""
+        pos = len(ctx)
+        for ref in self.references:
+            if ref[:pos] == ctx:
+                got = ref[pos : pos + n]
+                return torch.tensor(got + [0] * (n - len(got)), dtype=torch.long)
+        return torch.zeros(n, dtype=torch.long)
+
+    def random_beams(self, root, W: int, L: int) -> torch.Tensor:
+        beams = torch.randint(0, self.vocab_size, (root.numel(), W, L), generator=self.gen)
+        beams[:, :, 0] = root.cpu()[:, None]
+        return beams
+
     def draft(self, hidden, root, *, embed, beam_width, beam_length, context):
-        (ctx,) = context  # prompt + emitted tokens, the last one being `root`
-        pos = ctx.numel()
-        truth = self.reference[pos : pos + beam_length - 1]
-        truth += [0] * (beam_length - 1 - len(truth))
-        beams = torch.randint(0, self.vocab_size, (1, beam_width, beam_length), generator=self.gen)
-        beams[:, :, 0] = root.cpu()
-        beams[0, 0, 1:] = torch.tensor(truth)
+        beams = self.random_beams(root, beam_width, beam_length)
+        for b, ctx in enumerate(context):
+            beams[b, 0, 1:] = self.truth(ctx.tolist(), beam_length - 1)
         return beams.to(root.device)
 
 
 class NoisyOracleDrafter(OracleDrafter):
-    """Each step every beam copies a random-length prefix of the true continuation and then
-    diverges: acceptance is partial, lands on any beam (so accepted tree nodes are not
-    contiguous in the packed order), and beams share prefixes (so the tree de-duplicates)."""
+    """Every beam copies a random-length prefix of the true continuation, then diverges:
+    acceptance is partial, lands on any beam (so accepted tree nodes are not contiguous in the
+    packed order), rows accept different amounts, and beams share prefixes."""
 
     def draft(self, hidden, root, *, embed, beam_width, beam_length, context):
-        (ctx,) = context
-        pos = ctx.numel()
-        truth = self.reference[pos : pos + beam_length - 1]
-        truth = torch.tensor(truth + [0] * (beam_length - 1 - len(truth)))
-        beams = torch.randint(0, self.vocab_size, (1, beam_width, beam_length), generator=self.gen)
-        beams[:, :, 0] = root.cpu()
-        keep = torch.randint(0, beam_length, (beam_width,), generator=self.gen)
-        for w in range(beam_width):
-            beams[0, w, 1 : 1 + int(keep[w])] = truth[: int(keep[w])]
+        beams = self.random_beams(root, beam_width, beam_length)
+        for b, ctx in enumerate(context):
+            truth = self.truth(ctx.tolist(), beam_length - 1)
+            keep = torch.randint(0, beam_length, (beam_width,), generator=self.gen)
+            for w in range(beam_width):
+                beams[b, w, 1 : 1 + int(keep[w])] = truth[: int(keep[w])]
         return beams.to(root.device)

@@ -11,14 +11,10 @@ from redrafter_rs._core import Acceptance, Tree, accept, pack_beams
 from redrafter_rs._core import __version__ as __version__
 from redrafter_rs.beam_search import beam_search
 from redrafter_rs.drafter import DrafterConfig, RecurrentDrafter
-from redrafter_rs.engine import (
-    GenerationOutput,
-    GenerationStats,
-    SpecConfig,
-    SpeculativeDecoder,
-    generate,
-)
+from redrafter_rs.engine import GenerationStats, Request, SpecConfig, SpeculativeGenerator
 from redrafter_rs.errors import RedrafterError
+from redrafter_rs.generate import GenerationOutput, generate, stream
+from redrafter_rs.sampling import SamplingParams
 
 __all__ = [
     "Acceptance",
@@ -27,12 +23,15 @@ __all__ = [
     "GenerationStats",
     "RecurrentDrafter",
     "RedrafterError",
+    "Request",
+    "SamplingParams",
     "SpecConfig",
-    "SpeculativeDecoder",
+    "SpeculativeGenerator",
     "Tree",
     "__version__",
     "accept",
     "beam_search",
     "generate",
     "pack_beams",
+    "stream",
 ]

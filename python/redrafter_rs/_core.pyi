@@ -56,6 +56,18 @@ class Acceptance:
     @property
     def bonus(self) -> npt.NDArray[np.int64]:
         """[B] the target's token after the accepted path."""
+    @property
+    def kv_gather(self) -> npt.NDArray[np.int64]:
+        """[B, M] tree nodes to keep in the KV cache (M = longest path; short rows repeat)."""
+    @property
+    def kv_valid(self) -> npt.NDArray[np.bool_]:
+        """[B, M] whether kept slot j of row b holds an accepted token."""
+    @property
+    def kept(self) -> npt.NDArray[np.int64]:
+        """[B] tokens kept per row (num_accepted + 1)."""
+    @property
+    def last_node(self) -> npt.NDArray[np.int64]:
+        """[B] node of the last accepted token (its hidden state is the next h)."""
 
 def pack_beams(beams: npt.NDArray[np.int64], vocab_size: int | None = None) -> Tree:
     """Pack beams [B, W, L] into a prefix tree; beams sharing a prefix share nodes."""

@@ -1,19 +1,22 @@
-"""Speculative generation with a recurrent drafter and dynamic tree attention.
+"""The step-level speculative decoding engine (continuous batching).
 
-One decode step (design.md §2):
+One decode step over the B active requests (design.md §2):
     draft    beams [B, W, L] from (h [B, H], g0 [B])                 torch (drafter beam search)
     pack     tokens/depth/mask [B, N], unpacker [B, W, L]            Rust, one call
-    verify   one target forward over the packed tree                 torch, 4D mask, ctx + depth
-    choose   one token per node (argmax)                             torch, stays on device
-    accept   accepted path, emitted tokens, bonus                    Rust, one call
-    upkeep   keep ctx + accepted path in the KV cache                torch, O(tree)
-Only beams [B, W, L], the tree arrays and choice [B, N] cross between host and device.
+    verify   one target forward over the packed trees                torch, 4D mask, pos + depth
+    choose   one token per node: argmax, or an exact sample          torch, stays on the device
+    accept   paths, emitted tokens, bonus, KV plan [B, M]            Rust, one call
+    upkeep   keep each row's accepted path in the KV cache           torch, O(tree)
+Only beams, the tree arrays and choice [B, N] cross between host and device.
+
+Requests join (`add`, prefilled at the next `step`) and leave (`cancel`, EOS, token budget)
+between steps; a finished row is dropped from the batch so it stops costing target compute.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +25,8 @@ from torch import nn
 
 from redrafter_rs import _core
 from redrafter_rs.errors import check
-from redrafter_rs.kv import keep_accepted
+from redrafter_rs.kv import BatchCache
+from redrafter_rs.sampling import GREEDY, SamplingParams, choose_tokens
 from redrafter_rs.target import Target
 from redrafter_rs.transfer import Staging
 
@@ -31,8 +35,9 @@ from redrafter_rs.transfer import Staging
 class SpecConfig:
     beam_width: int = 4  # W: beams drafted per step
     beam_length: int = 5  # L: tokens per beam, including the target's own token g0
-    max_new_tokens: int = 128
+    max_new_tokens: int = 128  # default budget per request
     eos_token_id: int | list[int] | None = None  # None: the model's generation_config
+    compact_waste: float = 0.5  # squeeze KV holes once they exceed this fraction of the cache
 
     def __post_init__(self) -> None:
         check(self.beam_width >= 1, f"beam_width must be >= 1, got {self.beam_width}")
@@ -42,14 +47,14 @@ class SpecConfig:
 
 @dataclass
 class GenerationStats:
-    """Per-call statistics. τ = tokens emitted per verification step (accepted drafts + bonus)."""
+    """τ = tokens emitted per verification step (accepted draft tokens + the bonus token)."""
 
     beam_width: int = 0
     beam_length: int = 0
     new_tokens: int = 0
-    steps: int = 0  # verification forward passes (prefill excluded)
-    accepted_per_step: list[int] = field(default_factory=list)  # draft tokens accepted each step
-    time_s: dict[str, float] = field(default_factory=dict)  # prefill/draft/pack/target/accept/cache
+    steps: int = 0  # verification steps this request took part in (prefill excluded)
+    accepted_per_step: list[int] = field(default_factory=list)  # draft tokens accepted
+    time_s: dict[str, float] = field(default_factory=dict)  # engine phases (whole batch)
 
     @property
     def tau(self) -> float:
@@ -66,10 +71,6 @@ class GenerationStats:
         counts = np.asarray(self.accepted_per_step)
         return [float((counts >= d).mean()) for d in range(1, self.beam_length)]
 
-    @property
-    def total_time_s(self) -> float:
-        return sum(self.time_s.values())
-
     def summary(self) -> dict:
         return {
             "new_tokens": self.new_tokens,
@@ -81,17 +82,26 @@ class GenerationStats:
 
 
 @dataclass
-class GenerationOutput:
-    sequences: torch.Tensor  # [B, T_prompt + new]: prompt followed by the generated tokens
+class Request:
+    id: Hashable
+    prompt: list[int]
+    params: SamplingParams
+    max_new_tokens: int
+    generator: torch.Generator | None
     stats: GenerationStats
+    tokens: list[int] = field(default_factory=list)  # emitted so far
+    finish_reason: str | None = None  # "eos", "length" or "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
 
 
 class _Timer:
-    """Accumulates wall time per phase into a dict (synchronising CUDA when timing it)."""
+    """Accumulates wall time per phase (synchronising CUDA so the split is real)."""
 
     def __init__(self, times: dict[str, float], device: torch.device) -> None:
-        self.times = times
-        self.sync = device.type == "cuda"
+        self.times, self.sync = times, device.type == "cuda"
         self.t = time.perf_counter()
 
     def lap(self, phase: str) -> None:
@@ -110,154 +120,265 @@ def _eos_ids(model: nn.Module, eos: int | list[int] | None) -> set[int]:
     return {int(e) for e in ([eos] if isinstance(eos, int) else eos)}
 
 
-def _check_prompt(target: Target, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-    check(isinstance(input_ids, torch.Tensor), "input_ids must be a torch.Tensor")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    check(input_ids.dim() == 2, f"input_ids: expected shape [B, T], got {tuple(input_ids.shape)}")
-    check(
-        not input_ids.is_floating_point() and not input_ids.is_complex(),
-        f"input_ids: expected an integer tensor, got dtype {input_ids.dtype}",
-    )
-    B, T = input_ids.shape
-    check(T >= 1, "input_ids: the prompt is empty (T = 0); give at least one token")
-    check(B == 1, f"input_ids: batch size {B} > 1 is not supported yet; pass one row at a time")
-    lo, hi = int(input_ids.min()), int(input_ids.max())
-    check(
-        lo >= 0 and hi < target.vocab_size,
-        f"input_ids: token ids must be in [0, {target.vocab_size}), got range [{lo}, {hi}]",
-    )
-    if target.max_positions:
-        check(
-            T + max_new_tokens <= target.max_positions,
-            f"input_ids: prompt length {T} + max_new_tokens {max_new_tokens} exceeds the "
-            f"model's max_position_embeddings ({target.max_positions})",
-        )
-    return input_ids.to(device=target.device, dtype=torch.long)
+class SpeculativeGenerator:
+    """Step API for serving code: `add` requests, call `step()`, read new tokens per request.
 
+    gen = SpeculativeGenerator(model, drafter, SpecConfig(beam_width=4, beam_length=5))
+    gen.add("a", prompt_ids)                      # [T] or [1, T]
+    while gen.has_unfinished():
+        for rid, new_tokens in gen.step().items(): ...
+    done = gen.pop_finished()                     # {rid: Request} with tokens and stats
+    """
 
-class SpeculativeDecoder:
-    """One generation call's state: the target's cache, context length, h and g0."""
-
-    def __init__(self, model: nn.Module, drafter: nn.Module, config: SpecConfig) -> None:
+    def __init__(
+        self, model: nn.Module, drafter: nn.Module, config: SpecConfig | None = None
+    ) -> None:
         self.target = Target(model)
         self.drafter = drafter
-        self.config = config
-        self.eos = _eos_ids(model, config.eos_token_id)
+        self.config = config or SpecConfig()
+        self.eos = _eos_ids(model, self.config.eos_token_id)
         self.staging = Staging(self.target.device)
+        self.time_s: dict[str, float] = {}
+        self.compactions = 0  # KV-cache hole squeezes (O(context), rare)
         if hasattr(drafter, "check_target"):
             drafter.check_target(model)
+        self._pending: list[Request] = []
+        self._active: list[Request] = []  # aligned with the batch rows below
+        self._finished: dict[Hashable, Request] = {}
+        self._cache: BatchCache | None = None
+        self._pos = self._hidden = self._root = None  # [B], [B, H], [B]
 
-    # ---- the steps ----------------------------------------------------------------------
-    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Run the prompt [1, T]; returns g0 [1], sets h [1, H], the cache and ctx_len."""
-        self.cache = self.target.new_cache()
-        hidden = self.target.forward(input_ids, self.cache)  # [1, T, H]
-        self.hidden = hidden[:, -1]  # [1, H]
-        self.ctx_len = input_ids.shape[1]
-        self.tokens = input_ids[0].tolist()  # prompt + emitted tokens (for context-aware drafters)
-        return self.target.logits(self.hidden).argmax(-1)  # [1]
+    # ---- requests -----------------------------------------------------------------------
+    def add(
+        self,
+        request_id: Hashable,
+        input_ids: torch.Tensor | list[int],
+        sampling: SamplingParams | None = None,
+        max_new_tokens: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Queue a request; it is prefilled at the next `step()`."""
+        check(
+            request_id not in self._ids(),
+            f"request_id {request_id!r} is already queued or running",
+        )
+        budget = max_new_tokens or self.config.max_new_tokens
+        check(budget >= 1, f"max_new_tokens must be >= 1, got {budget}")
+        prompt = self._check_prompt(input_ids, budget)
+        params = sampling or GREEDY
+        gen = generator or params.generator(self.target.device)
+        stats = GenerationStats(self.config.beam_width, self.config.beam_length)
+        self._pending.append(Request(request_id, prompt, params, budget, gen, stats))
 
-    def draft(self, root: torch.Tensor) -> torch.Tensor:
-        """Beams [1, W, L] rooted at g0."""
-        cfg = self.config
+    def cancel(self, request_id: Hashable) -> bool:
+        """Stop a queued or running request; returns whether it was found."""
+        for req in self._pending:
+            if req.id == request_id:
+                self._pending.remove(req)
+                self._finish(req, "cancelled")
+                return True
+        for row, req in enumerate(self._active):
+            if req.id == request_id:
+                self._finish(req, "cancelled")
+                self._drop_rows([row])
+                return True
+        return False
+
+    def has_unfinished(self) -> bool:
+        return bool(self._pending or self._active)
+
+    def pop_finished(self) -> dict[Hashable, Request]:
+        """Finished requests (EOS, budget or cancelled) since the last call."""
+        done, self._finished = self._finished, {}
+        return done
+
+    @property
+    def num_active(self) -> int:
+        return len(self._active)
+
+    # ---- one step -----------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self) -> dict[Hashable, list[int]]:
+        """Admit queued requests (prefill) and run one speculative step over the batch.
+
+        Returns the tokens each request emitted during this step (requests that finished in
+        this step included; read them with `pop_finished()`).
+        """
+        out: dict[Hashable, list[int]] = {}
+        if self._pending:
+            self._admit(out)
+        if self._active:
+            self._decode(out)
+        return out
+
+    def _admit(self, out: dict[Hashable, list[int]]) -> None:
+        timer = _Timer(self.time_s, self.target.device)
+        reqs, self._pending = self._pending, []
+        cache, pos, hidden = self._prefill([r.prompt for r in reqs])
+        logits = self.target.logits(hidden)[:, None]  # [b, 1, V]
+        root = choose_tokens(logits, [r.params for r in reqs], [r.generator for r in reqs])[:, 0]
+        root_host = root.tolist()
+        keep = [i for i, r in enumerate(reqs) if not self._emit(r, [root_host[i]], out)]
+        timer.lap("prefill")
+        if not keep:
+            return
+        idx = torch.tensor(keep, device=root.device)
+        cache.select(idx)
+        self._join(cache, pos[idx], hidden[idx], root[idx], [reqs[i] for i in keep])
+
+    def _decode(self, out: dict[Hashable, list[int]]) -> None:
+        timer = _Timer(self.time_s, self.target.device)
+        W, L = self.config.beam_width, self.config.beam_length
+        beams = self._draft(W, L)  # [B, W, L]
+        beams_np = self.staging.to_host(beams, "beams")
+        timer.lap("draft")
+        tree = _core.pack_beams(beams_np, self.target.vocab_size)
+        timer.lap("pack")
+        hidden = self._verify(tree)  # [B, N, H]
+        logits = self.target.logits(hidden)  # [B, N, V]
+        params = [r.params for r in self._active]
+        choice = choose_tokens(logits, params, [r.generator for r in self._active])
+        choice_np = self.staging.to_host(choice, "choice")  # [B, N]
+        timer.lap("target")
+        acc = _core.accept(tree, beams_np, choice_np)
+        timer.lap("accept")
+        self._advance(acc, hidden)
+        timer.lap("cache")
+        self._emit_step(acc, W, L, out)
+
+    # ---- pieces -------------------------------------------------------------------------
+    def _prefill(self, prompts: list[list[int]]):
+        """Left-padded batched prefill: (BatchCache, next positions [b], last hidden [b, H])."""
+        device = self.target.device
+        T = max(len(p) for p in prompts)
+        ids = torch.zeros(len(prompts), T, dtype=torch.long)
+        mask = torch.zeros(len(prompts), T, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, T - len(p) :] = torch.tensor(p)
+            mask[i, T - len(p) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # [b, T]
+        cache = self.target.new_cache()
+        hidden = self.target.forward(ids, cache, mask, position_ids=positions)  # [b, T, H]
+        return BatchCache(cache, mask.bool()), mask.sum(1), hidden[:, -1]
+
+    def _join(self, cache, pos, hidden, root, reqs: list[Request]) -> None:
+        if self._cache is None:
+            self._cache, self._pos, self._hidden, self._root = cache, pos, hidden, root
+        else:
+            self._cache.merge(cache)
+            self._pos = torch.cat([self._pos, pos])
+            self._hidden = torch.cat([self._hidden, hidden])
+            self._root = torch.cat([self._root, root])
+        self._active.extend(reqs)
+
+    def _draft(self, W: int, L: int) -> torch.Tensor:
         context = None
         if getattr(self.drafter, "uses_context", False):
-            context = [torch.tensor(self.tokens, device=root.device)]
+            device = self.target.device
+            context = [torch.tensor(r.prompt + r.tokens, device=device) for r in self._active]
         return self.drafter.draft(
-            self.hidden,
-            root,
+            self._hidden,
+            self._root,
             embed=self.target.embed,
-            beam_width=cfg.beam_width,
-            beam_length=cfg.beam_length,
+            beam_width=W,
+            beam_length=L,
             context=context,
         )
 
-    def verify(self, tree: _core.Tree) -> torch.Tensor:
-        """One target forward over the packed tree; returns hidden states [1, N, H]."""
-        tokens = self.staging.to_device(tree.tokens, "tokens")  # [1, N]
-        depth = self.staging.to_device(tree.depth, "depth")  # [1, N]
-        tree_mask = self.staging.to_device(tree.mask, "mask")  # [1, N, N]
-        B, N = tokens.shape
-        mask = torch.ones(B, 1, N, self.ctx_len + N, dtype=torch.bool, device=tokens.device)
-        mask[:, 0, :, self.ctx_len :] = tree_mask  # [B, 1, N, ctx + N]
-        return self.target.forward(tokens, self.cache, mask, position_ids=depth + self.ctx_len)
+    def _verify(self, tree: _core.Tree) -> torch.Tensor:
+        """One target forward over the packed trees; hidden states [B, N, H]."""
+        tokens = self.staging.to_device(tree.tokens, "tokens")  # [B, N]
+        depth = self.staging.to_device(tree.depth, "depth")  # [B, N]
+        tree_mask = self.staging.to_device(tree.mask, "mask")  # [B, N, N]
+        mask = self._cache.tree_mask(tree_mask)  # [B, 1, N, S + N]
+        positions = self._pos[:, None] + depth  # [B, N]
+        return self.target.forward(tokens, self._cache.cache, mask, position_ids=positions)
 
-    def choose(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The target's token at every node [1, N] (greedy: argmax)."""
-        return self.target.logits(hidden).argmax(-1)
+    def _advance(self, acc: _core.Acceptance, hidden: torch.Tensor) -> None:
+        """KV upkeep, next positions, next h (last accepted node) and next g0 (bonus)."""
+        device = hidden.device
+        self._cache.keep_accepted(acc.kv_gather, acc.kv_valid)
+        self._pos = self._pos + torch.as_tensor(acc.kept, device=device)
+        last = torch.as_tensor(acc.last_node, device=device)
+        self._hidden = hidden[torch.arange(hidden.shape[0], device=device), last]  # [B, H]
+        self._root = torch.as_tensor(acc.bonus, device=device)
 
-    def advance(self, acc: _core.Acceptance, hidden: torch.Tensor) -> np.ndarray:
-        """Keep the accepted path in the cache, move h/g0 on; returns the emitted tokens."""
-        n = int(acc.num_accepted[0])
-        path = acc.path[0, : n + 1]  # [n+1] node indices, root first
-        keep_accepted(self.cache, self.ctx_len, path)
-        self.ctx_len += n + 1
-        self.hidden = hidden[:, int(path[-1])]  # [1, H]
-        return acc.tokens[0, : n + 1]
+    def _emit_step(self, acc: _core.Acceptance, W: int, L: int, out: dict) -> None:
+        done = []
+        for row, req in enumerate(self._active):
+            kept = int(acc.kept[row])
+            req.stats.steps += 1
+            req.stats.accepted_per_step.append(kept - 1)
+            if self._emit(req, acc.tokens[row, :kept].tolist(), out):
+                done.append(row)
+        if done:
+            self._drop_rows(done)
+        if self._cache is not None and self._cache.waste() > self.config.compact_waste:
+            self._cache.compact()
+            self.compactions += 1
 
-    # ---- the loop -----------------------------------------------------------------------
-    @torch.no_grad()
-    def run(self, input_ids: torch.Tensor, stats: GenerationStats) -> Iterator[list[int]]:
-        """Yields the new tokens of each step until EOS or max_new_tokens."""
-        timer = _Timer(stats.time_s, self.target.device)
-        root = self.prefill(input_ids)
-        timer.lap("prefill")
-        budget = self.config.max_new_tokens
-        emitted = self._clip([int(root[0])], budget)
-        while True:
-            self.tokens.extend(emitted)
-            yield emitted
-            budget -= len(emitted)
-            if budget <= 0 or (emitted and emitted[-1] in self.eos):
-                return
-            beams = self.draft(root)  # [1, W, L]
-            beams_np = self.staging.to_host(beams, "beams")
-            timer.lap("draft")
-            tree = _core.pack_beams(beams_np, self.target.vocab_size)
-            timer.lap("pack")
-            hidden = self.verify(tree)  # [1, N, H]
-            choice = self.staging.to_host(self.choose(hidden), "choice")  # [1, N]
-            timer.lap("target")
-            acc = _core.accept(tree, beams_np, choice)
-            timer.lap("accept")
-            new = self.advance(acc, hidden)
-            root = torch.as_tensor(new[-1:], device=self.target.device)  # [1]: the bonus
-            timer.lap("cache")
-            stats.steps += 1
-            stats.accepted_per_step.append(len(new) - 1)
-            emitted = self._clip([int(t) for t in new], budget)
-
-    def _clip(self, tokens: list[int], budget: int) -> list[int]:
-        """Truncate at the first EOS (inclusive) and at the token budget."""
-        for i, t in enumerate(tokens[:budget]):
+    def _emit(self, req: Request, tokens: list[int], out: dict) -> bool:
+        """Record new tokens (clipped at EOS / budget); returns whether the request finished."""
+        budget = req.max_new_tokens - len(req.tokens)
+        tokens = tokens[:budget]
+        for i, t in enumerate(tokens):
             if t in self.eos:
-                return tokens[: i + 1]
-        return tokens[:budget]
+                tokens = tokens[: i + 1]
+                break
+        req.tokens.extend(tokens)
+        req.stats.new_tokens = len(req.tokens)
+        out.setdefault(req.id, []).extend(tokens)
+        if tokens and tokens[-1] in self.eos:
+            self._finish(req, "eos")
+        elif len(req.tokens) >= req.max_new_tokens:
+            self._finish(req, "length")
+        return req.finished
 
+    def _finish(self, req: Request, reason: str) -> None:
+        req.finish_reason = reason
+        req.stats.time_s = dict(self.time_s)
+        self._finished[req.id] = req
 
-def generate(
-    model: nn.Module,
-    drafter: nn.Module,
-    input_ids: torch.Tensor,
-    *,
-    max_new_tokens: int = 128,
-    beam_width: int = 4,
-    beam_length: int = 5,
-    eos_token_id: int | list[int] | None = None,
-) -> GenerationOutput:
-    """Greedy speculative generation; `sequences` equals `model.generate(do_sample=False)`.
+    def _drop_rows(self, rows: list[int]) -> None:
+        keep = [i for i in range(len(self._active)) if i not in set(rows)]
+        self._active = [self._active[i] for i in keep]
+        if not keep:
+            self._cache = self._pos = self._hidden = self._root = None
+            return
+        idx = torch.tensor(keep, device=self.target.device)
+        self._cache.select(idx)
+        self._pos, self._hidden, self._root = self._pos[idx], self._hidden[idx], self._root[idx]
 
-    input_ids: [B, T] (or [T]) prompt tokens. Returns the prompt followed by the new tokens,
-    stopping after an EOS token or `max_new_tokens` exactly as `model.generate` does.
-    """
-    config = SpecConfig(beam_width, beam_length, max_new_tokens, eos_token_id)
-    decoder = SpeculativeDecoder(model, drafter, config)
-    prompt = _check_prompt(decoder.target, input_ids, max_new_tokens)
-    stats = GenerationStats(beam_width=beam_width, beam_length=beam_length)
-    new: list[int] = []
-    for chunk in decoder.run(prompt, stats):
-        new.extend(chunk)
-    stats.new_tokens = len(new)
-    tail = torch.tensor([new], dtype=prompt.dtype, device=prompt.device)
-    return GenerationOutput(torch.cat([prompt, tail], dim=1), stats)
+    def _ids(self) -> set:
+        return {r.id for r in self._pending} | {r.id for r in self._active}
+
+    def _check_prompt(self, input_ids, budget: int) -> list[int]:
+        if not isinstance(input_ids, torch.Tensor):
+            input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+        ids = input_ids
+        check(
+            not ids.is_floating_point() and not ids.is_complex(),
+            f"input_ids: expected an integer tensor, got dtype {ids.dtype}",
+        )
+        if ids.dim() == 2 and ids.shape[0] == 1:
+            ids = ids[0]
+        check(ids.dim() == 1, f"input_ids: expected one prompt [T], got shape {tuple(ids.shape)}")
+        T, V = ids.numel(), self.target.vocab_size
+        check(T >= 1, "input_ids: the prompt is empty (T = 0); give at least one token")
+        lo, hi = int(ids.min()), int(ids.max())
+        check(lo >= 0 and hi < V, f"input_ids: token ids must be in [0, {V}), got [{lo}, {hi}]")
+        limit = self.target.max_positions
+        check(
+            not limit or T + budget <= limit,
+            f"input_ids: prompt length {T} + max_new_tokens {budget} exceeds the model's "
+            f"max_position_embeddings ({limit})",
+        )
+        window = self.target.sliding_window
+        check(
+            not window or T + budget <= window,
+            f"input_ids: prompt length {T} + max_new_tokens {budget} exceeds the model's "
+            f"sliding window ({window}); tree verification of sliding-window layers beyond the "
+            "window is not supported yet",
+        )
+        return ids.tolist()

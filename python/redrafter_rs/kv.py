@@ -1,29 +1,100 @@
-"""KV-cache upkeep after verification: keep the accepted path, drop the rest of the tree.
+"""The batch's KV cache: an HF `DynamicCache` plus a per-row mask of valid slots.
 
-Cost is proportional to the tree (a gather of at most L slots per layer), never to the context.
+Rows share one slot axis of width S. After a verification step every row keeps its accepted path
+(Rust's `kv_gather` plan) in the first M tree slots; a row that accepted fewer tokens than the
+longest one leaves masked holes there. Per step the upkeep touches only the tree slots (O(tree),
+never O(context)). Holes are squeezed out by `compact()` only when they waste more than half the
+cache (O(context), amortised over many steps), rows join with `merge()` and leave with
+`select()` - both O(context) but once per join/leave, not per step.
+
+Slot order inside a row does not matter: keys are stored with their rotary position already
+applied, and positions are tracked per row by the engine.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 
-def keep_accepted(cache: DynamicCache, ctx_len: int, path: np.ndarray) -> None:
-    """Move tree slots `ctx_len + path` [m] to `ctx_len .. ctx_len+m` and drop everything after.
+def _layers(cache: DynamicCache) -> list:
+    return [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
 
-    `path` holds packed node indices of batch row 0 in increasing depth order (root first).
-    """
-    m = int(path.shape[0])
-    moved = not np.array_equal(path, np.arange(m))
-    src = None
-    for layer in cache.layers:
+
+def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, h, S, D] -> [B, h, width, D] with zero slots on the left."""
+    return F.pad(x, (0, 0, width - x.shape[2], 0))
+
+
+class BatchCache:
+    def __init__(self, cache: DynamicCache, valid: torch.Tensor) -> None:
+        self.cache = cache
+        self.valid = valid  # [B, S] bool: slot s of row b holds a real token
+
+    @property
+    def width(self) -> int:
+        return self.valid.shape[1]
+
+    @property
+    def batch(self) -> int:
+        return self.valid.shape[0]
+
+    def tree_mask(self, tree_mask: torch.Tensor) -> torch.Tensor:
+        """[B, 1, N, S + N] attention mask: valid context slots + the tree's own mask [B, N, N]."""
+        B, N, _ = tree_mask.shape
+        ctx = self.valid[:, None, None, :].expand(B, 1, N, self.width)
+        return torch.cat([ctx, tree_mask[:, None]], dim=-1)
+
+    def keep_accepted(self, gather: np.ndarray, valid: np.ndarray) -> None:
+        """Keep tree slots `gather` [B, M] (node indices) after the context; drop the rest."""
+        S = self.width
+        B, M = gather.shape
+        moved = not (gather == np.arange(M)).all()
+        device = self.valid.device
         if moved:
-            if src is None:
-                src = torch.as_tensor(path + ctx_len, device=layer.keys.device)  # [m]
+            idx = torch.as_tensor(gather, device=device)  # [B, M]
+        for layer in _layers(self.cache):
+            if moved:
+                for name in ("keys", "values"):
+                    kv = getattr(layer, name)  # [B, h, S + N, D]
+                    h, D = kv.shape[1], kv.shape[3]
+                    index = idx[:, None, :, None].expand(B, h, M, D)
+                    kv[:, :, S : S + M] = kv[:, :, S:].gather(2, index)
+            layer.keys = layer.keys[:, :, : S + M]
+            layer.values = layer.values[:, :, : S + M]
+        self.valid = torch.cat([self.valid, torch.as_tensor(valid, device=device)], dim=1)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (a finished request stops costing compute)."""
+        for layer in _layers(self.cache):
+            layer.keys = layer.keys[rows]
+            layer.values = layer.values[rows]
+        self.valid = self.valid[rows]
+
+    def merge(self, other: BatchCache) -> None:
+        """Append `other`'s rows; both are left-padded to the wider slot axis."""
+        width = max(self.width, other.width)
+        for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
             for name in ("keys", "values"):
-                kv = getattr(layer, name)  # [B, heads, ctx+N, D]
-                kv[:, :, ctx_len : ctx_len + m] = kv.index_select(2, src)
-        layer.keys = layer.keys[:, :, : ctx_len + m]
-        layer.values = layer.values[:, :, : ctx_len + m]
+                a, b = getattr(mine, name), getattr(theirs, name)
+                setattr(mine, name, torch.cat([_pad_left(a, width), _pad_left(b, width)], 0))
+        pad = [F.pad(v.valid, (width - v.width, 0)) for v in (self, other)]
+        self.valid = torch.cat(pad)
+
+    def waste(self) -> float:
+        """Fraction of slots that are holes or padding."""
+        return 1.0 - float(self.valid.sum()) / max(self.valid.numel(), 1)
+
+    def compact(self) -> None:
+        """Squeeze out holes: every row's valid slots, in order, right-aligned."""
+        keep = int(self.valid.sum(1).max())
+        order = torch.sort(self.valid.to(torch.int8), dim=1, stable=True).indices  # holes first
+        idx = order[:, self.width - keep :]  # [B, keep]
+        for layer in _layers(self.cache):
+            for name in ("keys", "values"):
+                kv = getattr(layer, name)
+                B, h, _, D = kv.shape
+                setattr(layer, name, kv.gather(2, idx[:, None, :, None].expand(B, h, keep, D)))
+        self.valid = self.valid.gather(1, idx)

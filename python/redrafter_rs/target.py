@@ -36,8 +36,20 @@ class Target:
     def device(self) -> torch.device:
         return self.embed.weight.device
 
+    @property
+    def sliding_window(self) -> int | None:
+        """The attention window of sliding-window layers, if the model has any."""
+        window = getattr(self.config, "sliding_window", None)
+        layer_types = getattr(self.config, "layer_types", None) or []
+        if not window or getattr(self.config, "use_sliding_window", True) is False:
+            return None
+        if layer_types and "sliding_attention" not in layer_types:
+            return None
+        return int(window)
+
     def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.config)
+        """A cache of plain full-attention layers (the engine manages slots and masks)."""
+        return DynamicCache()
 
     def forward(
         self,

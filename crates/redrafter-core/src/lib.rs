@@ -34,8 +34,10 @@
 mod accept;
 mod check;
 mod error;
+mod kv;
 mod tree;
 
 pub use accept::{accept, Acceptance};
 pub use error::{Error, Result};
+pub use kv::{plan_kv, KvPlan};
 pub use tree::{pack_beams, Tree, TreeView};

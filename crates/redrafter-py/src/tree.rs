@@ -64,7 +64,9 @@ impl PyTree {
 
 /// Result of `accept`: `best_beam` [B], `num_accepted` [B] (draft tokens, excluding the root),
 /// `path` [B, L] accepted node indices (padded with -1), `tokens` [B, L] tokens to emit
-/// (accepted drafts then the bonus token, padded with -1), `bonus` [B].
+/// (accepted drafts then the bonus token, padded with -1), `bonus` [B], and the KV-cache plan:
+/// `kv_gather` [B, M] tree nodes to keep (M = longest accepted path), `kv_valid` [B, M],
+/// `kept` [B] (= num_accepted + 1), `last_node` [B].
 #[pyclass(frozen, name = "Acceptance", module = "redrafter_rs._core")]
 pub struct PyAcceptance {
     #[pyo3(get)]
@@ -77,6 +79,14 @@ pub struct PyAcceptance {
     tokens: Py<PyArrayDyn<i64>>,
     #[pyo3(get)]
     bonus: Py<PyArrayDyn<i64>>,
+    #[pyo3(get)]
+    kv_gather: Py<PyArrayDyn<i64>>,
+    #[pyo3(get)]
+    kv_valid: Py<PyArrayDyn<bool>>,
+    #[pyo3(get)]
+    kept: Py<PyArrayDyn<i64>>,
+    #[pyo3(get)]
+    last_node: Py<PyArrayDyn<i64>>,
 }
 
 #[pymethods]
@@ -99,9 +109,13 @@ impl PyAcceptance {
 }
 
 impl PyAcceptance {
-    fn from_core(py: Python<'_>, a: core::Acceptance) -> PyResult<Self> {
-        let (b, l) = (a.batch, a.length);
+    fn from_core(py: Python<'_>, a: core::Acceptance, p: core::KvPlan) -> PyResult<Self> {
+        let (b, l, m) = (a.batch, a.length, p.width);
         Ok(Self {
+            kv_gather: into_numpy(py, p.gather, &[b, m])?.unbind(),
+            kv_valid: into_numpy(py, p.valid, &[b, m])?.unbind(),
+            kept: into_numpy(py, p.kept, &[b])?.unbind(),
+            last_node: into_numpy(py, p.last_node, &[b])?.unbind(),
             best_beam: into_numpy(py, a.best_beam, &[b])?.unbind(),
             num_accepted: into_numpy(py, a.num_accepted, &[b])?.unbind(),
             path: into_numpy(py, a.path, &[b, l])?.unbind(),
@@ -133,7 +147,8 @@ pub fn pack_beams(
 }
 
 /// Walks the tree following the target's choice [B, N] at each node (argmax or a sample) and
-/// returns the accepted path, the tokens to emit and the bonus token for every row.
+/// returns the accepted path, the tokens to emit, the bonus token and the KV-cache plan for
+/// every row, in one call.
 #[pyfunction]
 pub fn accept(
     py: Python<'_>,
@@ -171,5 +186,6 @@ pub fn accept(
     let cs = choice_arr.shape();
     let acc =
         core::accept(&view, slice_of(&choice_arr, "choice")?, [cs[0], cs[1]]).map_err(to_py_err)?;
-    PyAcceptance::from_core(py, acc)
+    let plan = core::plan_kv(&acc).map_err(to_py_err)?;
+    PyAcceptance::from_core(py, acc, plan)
 }

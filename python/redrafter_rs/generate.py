@@ -1,0 +1,157 @@
+"""`generate` and `stream`: `model.generate`-shaped front ends over `SpeculativeGenerator`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from redrafter_rs.engine import GenerationStats, SpecConfig, SpeculativeGenerator
+from redrafter_rs.errors import check
+from redrafter_rs.sampling import SamplingParams
+
+
+@dataclass
+class GenerationOutput:
+    sequences: torch.Tensor  # [B, T + new]: input_ids, then new tokens padded with pad_token_id
+    stats: GenerationStats  # all rows together
+    row_stats: list[GenerationStats]  # per row
+
+
+def _rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """One unpadded prompt per row of a (left-)padded batch."""
+    check(isinstance(input_ids, torch.Tensor), "input_ids must be a torch.Tensor")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    check(input_ids.dim() == 2, f"input_ids: expected shape [B, T], got {tuple(input_ids.shape)}")
+    if attention_mask is None:
+        return list(input_ids)
+    check(
+        attention_mask.shape == input_ids.shape,
+        f"attention_mask: expected shape {tuple(input_ids.shape)} like input_ids, "
+        f"got {tuple(attention_mask.shape)}",
+    )
+    return [row[m.bool()] for row, m in zip(input_ids, attention_mask, strict=True)]
+
+
+def _pad_id(model: nn.Module, pad_token_id: int | None, eos: set[int]) -> int:
+    if pad_token_id is None:
+        pad_token_id = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
+    if pad_token_id is None:
+        pad_token_id = min(eos) if eos else 0
+    return int(pad_token_id)
+
+
+def _start(model, drafter, prompts, config, params, generator) -> SpeculativeGenerator:
+    engine = SpeculativeGenerator(model, drafter, config)
+    for row, prompt in enumerate(prompts):
+        engine.add(row, prompt, params, generator=generator)
+    return engine
+
+
+def _steps(engine: SpeculativeGenerator, rows: int, streamer, prompt) -> Iterator[list[list[int]]]:
+    check(streamer is None or rows == 1, "streamer supports batch size 1 only")
+    if streamer is not None:
+        streamer.put(prompt[None].cpu())
+    try:
+        while engine.has_unfinished():
+            new = engine.step()
+            chunk = [new.get(row, []) for row in range(rows)]
+            if streamer is not None and chunk[0]:
+                streamer.put(torch.tensor(chunk[0]))
+            yield chunk
+    finally:
+        if streamer is not None:
+            streamer.end()
+
+
+def stream(
+    model: nn.Module,
+    drafter: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int = 128,
+    beam_width: int = 4,
+    beam_length: int = 5,
+    eos_token_id: int | list[int] | None = None,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    generator: torch.Generator | None = None,
+    streamer=None,
+) -> Iterator[list[list[int]]]:
+    """Yields, after every step, the new tokens of each row (`[]` for a row with none).
+
+    Same arguments as `generate`. `streamer` takes a transformers `TextStreamer` /
+    `TextIteratorStreamer` (batch size 1, as in transformers): it receives the prompt, then each
+    step's tokens, then `end()`.
+    """
+    prompts = _rows(input_ids, attention_mask)
+    config = SpecConfig(beam_width, beam_length, max_new_tokens, eos_token_id)
+    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+    engine = _start(model, drafter, prompts, config, params, generator)
+    yield from _steps(engine, len(prompts), streamer, prompts[0])
+
+
+def generate(
+    model: nn.Module,
+    drafter: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int = 128,
+    beam_width: int = 4,
+    beam_length: int = 5,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    generator: torch.Generator | None = None,
+    streamer=None,
+) -> GenerationOutput:
+    """Speculative generation with `model.generate`'s contract.
+
+    Greedy (`temperature=0`, the default): `sequences` equals `model.generate(input_ids,
+    attention_mask=..., do_sample=False, max_new_tokens=...)` token for token. Sampling
+    (`temperature > 0`, with optional top-k / top-p / min-p): every token is an exact draw from
+    the target's processed distribution, as with `model.generate(do_sample=True)` and the same
+    settings (pass `top_k=0` to `model.generate` to disable its default top-k of 50).
+
+    input_ids: [B, T] (or [T]), left-padded for B > 1 with `attention_mask` [B, T].
+    Returns input_ids followed by the new tokens; rows that stop early (EOS) are padded with
+    `pad_token_id`, as `model.generate` pads them.
+    """
+    prompts = _rows(input_ids, attention_mask)
+    config = SpecConfig(beam_width, beam_length, max_new_tokens, eos_token_id)
+    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+    engine = _start(model, drafter, prompts, config, params, generator)
+    for _ in _steps(engine, len(prompts), streamer, prompts[0]):
+        pass
+    done = engine.pop_finished()
+    reqs = [done[row] for row in range(len(prompts))]
+    return _assemble(input_ids, reqs, _pad_id(model, pad_token_id, engine.eos), engine)
+
+
+def _assemble(input_ids, reqs, pad: int, engine: SpeculativeGenerator) -> GenerationOutput:
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    width = max(len(r.tokens) for r in reqs)
+    new = torch.full((len(reqs), width), pad, dtype=input_ids.dtype)
+    for row, r in enumerate(reqs):
+        new[row, : len(r.tokens)] = torch.tensor(r.tokens, dtype=input_ids.dtype)
+    sequences = torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+    total = GenerationStats(engine.config.beam_width, engine.config.beam_length)
+    for r in reqs:
+        total.new_tokens += r.stats.new_tokens
+        total.steps += r.stats.steps
+        total.accepted_per_step += r.stats.accepted_per_step
+    total.time_s = dict(engine.time_s)
+    return GenerationOutput(sequences, total, [r.stats for r in reqs])
