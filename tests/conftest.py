@@ -12,6 +12,7 @@ import redrafter_rs as rr
 def tiny_llama(seed: int = 0, vocab_size: int = 96, **overrides) -> LlamaForCausalLM:
     """A 2-layer random Llama (fp32, eager-free sdpa attention) with peaky logits."""
     torch.manual_seed(seed)
+    overrides.setdefault("initializer_range", 0.2)
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -20,7 +21,6 @@ def tiny_llama(seed: int = 0, vocab_size: int = 96, **overrides) -> LlamaForCaus
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        initializer_range=0.2,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,

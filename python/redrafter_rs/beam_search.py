@@ -34,8 +34,14 @@ def beam_search(
     root: torch.Tensor,
     beam_width: int,
     beam_length: int,
-) -> torch.Tensor:
-    """Beams [B, W, L] (int64) from the target's hidden state h [B, H] and root tokens g0 [B]."""
+    return_log_probs: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Beams [B, W, L] (int64) from the target's hidden state h [B, H] and root tokens g0 [B].
+
+    With `return_log_probs`, also the drafter's log-distribution over the draft vocabulary at
+    every drafted position of every final beam, [B, W, L-1, V'] (what a p/q acceptance test
+    would need; the engine does not, see sampling.py).
+    """
     W, L = beam_width, beam_length
     _check_args(drafter, hidden, root, W, L)
     B, H = hidden.shape
@@ -43,20 +49,27 @@ def beam_search(
     beams = root.view(B, 1, 1).expand(B, 1, 1)  # [B, 1, 1]: one live beam
     state = hidden.new_zeros(B, 1, H)  # [B, 1, H]
     scores = hidden.new_zeros(B, 1)  # [B, 1]
+    history = hidden.new_zeros(B, 1, 0, drafter.config.head_size)  # [B, w, k, V']
     for _ in range(L - 1):
         last = beams[:, :, -1]  # [B, w]
         state = drafter.rnn_step(state, embed(last).to(state.dtype))  # [B, w, H]
         logits = drafter.logits(hidden[:, None, :].expand_as(state), state)  # [B, w, V']
-        cand = scores[..., None] + torch.log_softmax(logits.float(), dim=-1)  # [B, w, V']
+        log_q = torch.log_softmax(logits.float(), dim=-1)  # [B, w, V']
+        cand = scores[..., None] + log_q
         V = cand.shape[-1]
         scores, flat = cand.view(B, -1).topk(W, dim=-1)  # [B, W]
         parent = torch.div(flat, V, rounding_mode="floor")  # [B, W]
         token = drafter.draft_to_target[flat % V]  # [B, W]
         beams = torch.cat([_gather_beams(beams, parent), token[..., None]], dim=-1)
         state = _gather_beams(state, parent)  # [B, W, H]
+        if return_log_probs:
+            history = torch.cat([history, log_q[:, :, None]], dim=2)
+            history = history.gather(1, parent[..., None, None].expand(-1, -1, *history.shape[2:]))
     if beams.shape[1] < W:  # L == 1: nothing drafted, every beam is the root
         beams = beams.expand(B, W, 1)
-    return beams.contiguous()  # [B, W, L]
+        history = history.expand(B, W, 0, history.shape[-1])
+    beams = beams.contiguous()  # [B, W, L]
+    return (beams, history.contiguous()) if return_log_probs else beams
 
 
 def _gather_beams(x: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
