@@ -36,7 +36,7 @@ class OracleDrafter:
         beams[:, :, 0] = root.cpu()[:, None]
         return beams
 
-    def draft(self, hidden, root, *, embed, beam_width, beam_length, context):
+    def draft(self, hidden, root, *, embed, beam_width, beam_length, context, request_ids=None):
         beams = self.random_beams(root, beam_width, beam_length)
         for b, ctx in enumerate(context):
             beams[b, 0, 1:] = self.truth(ctx.tolist(), beam_length - 1)
@@ -48,7 +48,7 @@ class NoisyOracleDrafter(OracleDrafter):
     acceptance is partial, lands on any beam (so accepted tree nodes are not contiguous in the
     packed order), rows accept different amounts, and beams share prefixes."""
 
-    def draft(self, hidden, root, *, embed, beam_width, beam_length, context):
+    def draft(self, hidden, root, *, embed, beam_width, beam_length, context, request_ids=None):
         beams = self.random_beams(root, beam_width, beam_length)
         for b, ctx in enumerate(context):
             truth = self.truth(ctx.tolist(), beam_length - 1)

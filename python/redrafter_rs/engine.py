@@ -241,6 +241,8 @@ class SpeculativeGenerator:
         choice_np = self.staging.to_host(choice, "choice")  # [B, N]
         timer.lap("target")
         acc = _core.accept(tree, beams_np, choice_np)
+        if hasattr(self.drafter, "observe"):
+            self.drafter.observe([r.id for r in self._active], acc)
         timer.lap("accept")
         self._advance(acc, hidden)
         timer.lap("cache")
@@ -273,10 +275,19 @@ class SpeculativeGenerator:
         self._active.extend(reqs)
 
     def _draft(self, W: int, L: int) -> torch.Tensor:
+        """Beams [B, W', L] from the drafter (W' may differ from W for multi-source drafters).
+
+        Drafter protocol: `draft(hidden, root, *, embed, beam_width, beam_length, context)`.
+        A drafter with `uses_context = True` also receives `context` (prompt + emitted tokens
+        per row, root last) and `request_ids`; optional hooks `observe(request_ids,
+        acceptance)` after each step and `release(request_id)` when a request ends.
+        """
+        extra = {}
         context = None
         if getattr(self.drafter, "uses_context", False):
             device = self.target.device
             context = [torch.tensor(r.prompt + r.tokens, device=device) for r in self._active]
+            extra["request_ids"] = [r.id for r in self._active]
         return self.drafter.draft(
             self._hidden,
             self._root,
@@ -284,6 +295,7 @@ class SpeculativeGenerator:
             beam_width=W,
             beam_length=L,
             context=context,
+            **extra,
         )
 
     def _verify(self, tree: _core.Tree) -> torch.Tensor:
@@ -336,6 +348,8 @@ class SpeculativeGenerator:
         return req.finished
 
     def _finish(self, req: Request, reason: str) -> None:
+        if hasattr(self.drafter, "release"):
+            self.drafter.release(req.id)
         req.finish_reason = reason
         req.stats.time_s = dict(self.time_s)
         self._finished[req.id] = req
