@@ -26,6 +26,7 @@ from torch import nn
 from redrafter_rs import _core
 from redrafter_rs.errors import check
 from redrafter_rs.kv import BatchCache
+from redrafter_rs.policy import PolicyConfig, ShapePolicy
 from redrafter_rs.sampling import GREEDY, SamplingParams, choose_tokens
 from redrafter_rs.target import Target
 from redrafter_rs.transfer import Staging
@@ -38,6 +39,8 @@ class SpecConfig:
     max_new_tokens: int = 128  # default budget per request
     eos_token_id: int | list[int] | None = None  # None: the model's generation_config
     compact_waste: float = 0.5  # squeeze KV holes once they exceed this fraction of the cache
+    adaptive: bool = False  # load-aware (W, L) per step, up to (beam_width, beam_length)
+    policy: PolicyConfig | None = None  # candidate shapes etc. for `adaptive`
 
     def __post_init__(self) -> None:
         check(self.beam_width >= 1, f"beam_width must be >= 1, got {self.beam_width}")
@@ -147,6 +150,23 @@ class SpeculativeGenerator:
         self._finished: dict[Hashable, Request] = {}
         self._cache: BatchCache | None = None
         self._pos = self._hidden = self._root = None  # [B], [B, H], [B]
+        self.policy = self._make_policy() if self.config.adaptive else None
+        self._calibrated = False
+
+    def _make_policy(self) -> ShapePolicy:
+        cfg = self.config.policy or PolicyConfig()
+        W, L = self.config.beam_width, self.config.beam_length
+        shapes = {s for s in cfg.shapes if s[0] <= W and s[1] <= L} | {(W, L), (1, 1)}
+        cfg = PolicyConfig(tuple(sorted(shapes)), cfg.prior_rate, cfg.ema, cfg.explore_every)
+        return ShapePolicy(cfg)
+
+    def _shape(self) -> tuple[int, int]:
+        if self.policy is None:
+            return self.config.beam_width, self.config.beam_length
+        if not self._calibrated:
+            self.policy.calibrate(self.target, self.drafter)
+            self._calibrated = True
+        return self.policy.choose(len(self._active))
 
     # ---- requests -----------------------------------------------------------------------
     def add(
@@ -227,8 +247,8 @@ class SpeculativeGenerator:
         self._join(cache, pos[idx], hidden[idx], root[idx], [reqs[i] for i in keep])
 
     def _decode(self, out: dict[Hashable, list[int]]) -> None:
+        W, L = self._shape()
         timer = _Timer(self.time_s, self.target.device)
-        W, L = self.config.beam_width, self.config.beam_length
         beams = self._draft(W, L)  # [B, W, L]
         beams_np = self.staging.to_host(beams, "beams")
         timer.lap("draft")
@@ -243,10 +263,12 @@ class SpeculativeGenerator:
         acc = _core.accept(tree, beams_np, choice_np)
         if hasattr(self.drafter, "observe"):
             self.drafter.observe([r.id for r in self._active], acc)
+        if self.policy is not None:
+            self.policy.observe(W, L, acc.num_accepted, tree.num_nodes)
         timer.lap("accept")
         self._advance(acc, hidden)
         timer.lap("cache")
-        self._emit_step(acc, W, L, out)
+        self._emit_step(acc, out)
 
     # ---- pieces -------------------------------------------------------------------------
     def _prefill(self, prompts: list[list[int]]):
@@ -316,7 +338,7 @@ class SpeculativeGenerator:
         self._hidden = hidden[torch.arange(hidden.shape[0], device=device), last]  # [B, H]
         self._root = torch.as_tensor(acc.bonus, device=device)
 
-    def _emit_step(self, acc: _core.Acceptance, W: int, L: int, out: dict) -> None:
+    def _emit_step(self, acc: _core.Acceptance, out: dict) -> None:
         done = []
         for row, req in enumerate(self._active):
             kept = int(acc.kept[row])

@@ -84,6 +84,7 @@ def stream(
     repetition_penalty: float = 1.0,
     generator: torch.Generator | None = None,
     streamer=None,
+    adaptive: bool = False,
 ) -> Iterator[list[list[int]]]:
     """Yields, after every step, the new tokens of each row (`[]` for a row with none).
 
@@ -92,7 +93,7 @@ def stream(
     step's tokens, then `end()`.
     """
     prompts = _rows(input_ids, attention_mask)
-    config = SpecConfig(beam_width, beam_length, max_new_tokens, eos_token_id)
+    config = SpecConfig(beam_width, beam_length, max_new_tokens, eos_token_id, adaptive=adaptive)
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     engine = _start(model, drafter, prompts, config, params, generator)
     yield from _steps(engine, len(prompts), streamer, prompts[0])
@@ -116,6 +117,7 @@ def generate(
     repetition_penalty: float = 1.0,
     generator: torch.Generator | None = None,
     streamer=None,
+    adaptive: bool = False,
 ) -> GenerationOutput:
     """Speculative generation with `model.generate`'s contract.
 
@@ -126,11 +128,13 @@ def generate(
     settings (pass `top_k=0` to `model.generate` to disable its default top-k of 50).
 
     input_ids: [B, T] (or [T]), left-padded for B > 1 with `attention_mask` [B, T].
+    adaptive: pick (W, L) per step from the batch size and recent acceptance, up to
+    (beam_width, beam_length), including plain decoding (see policy.py).
     Returns input_ids followed by the new tokens; rows that stop early (EOS) are padded with
     `pad_token_id`, as `model.generate` pads them.
     """
     prompts = _rows(input_ids, attention_mask)
-    config = SpecConfig(beam_width, beam_length, max_new_tokens, eos_token_id)
+    config = SpecConfig(beam_width, beam_length, max_new_tokens, eos_token_id, adaptive=adaptive)
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     engine = _start(model, drafter, prompts, config, params, generator)
     for _ in _steps(engine, len(prompts), streamer, prompts[0]):
