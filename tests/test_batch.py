@@ -198,3 +198,18 @@ def test_soak_200_requests_through_one_generator():
     # bounded: the late half of the run never needs much more cache than the early half
     half = len(peak) // 2
     assert max(peak[half:]) <= 2 * max(peak[:half])
+
+
+def test_smollm2_batch_of_4_rows_equal_generate_alone(smollm):
+    from redrafter_rs.data import chat_prompt, mt_bench_questions
+
+    model, tok = smollm
+    texts = [chat_prompt(tok, q["turns"][0]) for q in mt_bench_questions()[5:45:10]]
+    prompts = [tok(t, return_tensors="pt").input_ids[0] for t in texts]
+    refs = [_alone(model, p, 24) for p in prompts]
+    ids, mask = _left_pad(prompts, pad=2)
+    torch.manual_seed(0)
+    drafter = rr.RecurrentDrafter.for_target(model).eval()
+    out = rr.generate(model, drafter, ids, mask, max_new_tokens=24, beam_width=4, beam_length=4)
+    for row, ref in enumerate(refs):
+        assert _new_tokens(out.sequences[row], ids.shape[1], 2, 2) == ref, row
