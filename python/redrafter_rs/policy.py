@@ -10,13 +10,15 @@ sides are measured, not guessed:
   Expected tokens per row and step: E(W, L) = 1 + sum_{d<L} prod_{j<=d} r_j(W).
 Each step takes the shape with the highest expected tokens per second, B * E / cost; (1, 1) is
 plain decoding (E = 1, no drafter). Every `explore_every` steps a random other shape is tried so
-the estimates of unused widths stay current.
+the estimates of unused widths stay current; it picks among shapes whose expected cost is at
+most twice the best shape's, so probing stays cheap. Calibrations are cached per (model, drafter).
 """
 
 from __future__ import annotations
 
 import random
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +28,10 @@ DEFAULT_SHAPES = (
     (1, 1), (1, 2), (1, 3), (2, 3), (1, 4), (2, 4), (4, 4),
     (1, 5), (2, 5), (4, 5), (8, 5), (1, 6), (4, 6), (8, 6),
 )  # fmt: skip
+
+
+# model -> {(id(drafter), shapes): (target_ms, draft_ms)}; dropped with the model
+_CALIBRATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -51,8 +57,17 @@ class ShapePolicy:
         self.history: list[tuple[int, int, int]] = []  # (B, W, L) chosen per step
 
     # ---- calibration --------------------------------------------------------------------
+    def calibrate(self, target, drafter) -> None:
+        """Measured cost tables for (target, drafter), from the cache or by `measure`."""
+        cache = _CALIBRATIONS.setdefault(target.model, {})
+        key = (id(drafter), self.config.shapes)
+        if key not in cache:
+            self.measure(target, drafter)
+            cache[key] = (dict(self.target_ms), dict(self.draft_ms))
+        self.target_ms, self.draft_ms = (dict(t) for t in cache[key])
+
     @torch.no_grad()
-    def calibrate(self, target, drafter, context: int = 64, repeats: int = 2) -> None:
+    def measure(self, target, drafter, context: int = 64, repeats: int = 2) -> None:
         """Time the target forward for m new tokens and the drafter per shape (B = 1)."""
         device = target.device
         ids = torch.randint(0, target.vocab_size, (1, context), device=device)
@@ -107,11 +122,12 @@ class ShapePolicy:
     def choose(self, B: int) -> tuple[int, int]:
         self.steps += 1
         shapes = list(self.config.shapes)
+        shape = max(shapes, key=lambda s: B * self.expected_tokens(*s) / self.cost_ms(B, *s))
         every = self.config.explore_every
-        if every and self.steps % every == 0:
-            shape = self.rng.choice(shapes)
-        else:
-            shape = max(shapes, key=lambda s: B * self.expected_tokens(*s) / self.cost_ms(B, *s))
+        if every and self.steps % every == 0:  # probe a shape that costs at most twice as much
+            budget = 2.0 * self.cost_ms(B, *shape)
+            cheap = [s for s in shapes if s != shape and self.cost_ms(B, *s) <= budget]
+            shape = self.rng.choice(cheap) if cheap else shape
         self.history.append((B, *shape))
         return shape
 
