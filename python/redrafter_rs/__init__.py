@@ -14,24 +14,41 @@ from redrafter_rs.drafter import DrafterConfig, RecurrentDrafter
 from redrafter_rs.engine import GenerationStats, Request, SpecConfig, SpeculativeGenerator
 from redrafter_rs.errors import RedrafterError
 from redrafter_rs.generate import GenerationOutput, generate, stream
+from redrafter_rs.retrieval import (
+    Datastore,
+    RetrievalConfig,
+    RetrievalDrafter,
+    SourceStats,
+    SuffixAutomaton,
+    build_datastore,
+)
 from redrafter_rs.sampling import SamplingParams
+from redrafter_rs.train import TrainConfig, train_drafter
 
 __all__ = [
     "Acceptance",
+    "Datastore",
     "DrafterConfig",
     "GenerationOutput",
     "GenerationStats",
     "RecurrentDrafter",
     "RedrafterError",
     "Request",
+    "RetrievalConfig",
+    "RetrievalDrafter",
     "SamplingParams",
+    "SourceStats",
     "SpecConfig",
     "SpeculativeGenerator",
+    "SuffixAutomaton",
+    "TrainConfig",
     "Tree",
     "__version__",
     "accept",
     "beam_search",
+    "build_datastore",
     "generate",
     "pack_beams",
     "stream",
+    "train_drafter",
 ]

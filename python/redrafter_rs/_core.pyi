@@ -1,5 +1,8 @@
 """Type stubs for the compiled Rust core `redrafter_rs._core` (see crates/redrafter-py)."""
 
+import os
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
@@ -74,3 +77,99 @@ def pack_beams(beams: npt.NDArray[np.int64], vocab_size: int | None = None) -> T
 
 def accept(tree: Tree, beams: npt.NDArray[np.int64], choice: npt.NDArray[np.int64]) -> Acceptance:
     """Walk the tree following the target's choice [B, N]; longest matching prefix + bonus."""
+
+class Candidates:
+    """Retrieval candidates, padded with -1 (result of `query` / `retrieve`).
+
+    Single query: `tokens` [K', length], `lengths` / `match_len` / `count` [K'], `num` 0-d.
+    Batch (`retrieve`): `tokens` [B, K, length], the others [B, K] (0 past a row's `num`),
+    `num` [B].
+    """
+
+    @property
+    def tokens(self) -> npt.NDArray[np.int64]:
+        """Candidate tokens, padded with -1."""
+    @property
+    def lengths(self) -> npt.NDArray[np.int64]:
+        """Real tokens per candidate."""
+    @property
+    def match_len(self) -> npt.NDArray[np.int64]:
+        """Length of the context suffix each candidate continues."""
+    @property
+    def count(self) -> npt.NDArray[np.int64]:
+        """Occurrences of (matched suffix + first token), capped at `count_cap`."""
+    @property
+    def num(self) -> npt.NDArray[np.int64]:
+        """Candidates per row."""
+
+class SuffixAutomaton:
+    """Incremental suffix automaton over one request's tokens (amortised O(1) per token)."""
+
+    def __init__(self, tokens: npt.NDArray[np.int64] | None = None) -> None: ...
+    def extend(self, tokens: npt.NDArray[np.int64]) -> None:
+        """Append tokens (int64 [T], all >= 0)."""
+    def query(
+        self,
+        k: int = 4,
+        length: int = 4,
+        *,
+        context: npt.NDArray[np.int64] | None = None,
+        min_match: int = 1,
+        count_cap: int = 16,
+        max_levels: int = 8,
+    ) -> Candidates:
+        """Up to `k` continuations of the text's end (or of `context`'s end), ranked by
+        (match length, frequency); continuations of the text's own end repeat periodically."""
+    def count(self, pattern: npt.NDArray[np.int64], cap: int = ...) -> int:
+        """Occurrences of `pattern` in the text, at most `cap`."""
+    def tokens(self) -> npt.NDArray[np.int64]:
+        """The indexed tokens (a copy)."""
+    @property
+    def num_states(self) -> int: ...
+    def __len__(self) -> int: ...
+
+class Datastore:
+    """Shared, read-only retrieval datastore: a frozen suffix automaton over a token corpus,
+    stored as a versioned, checksummed binary file."""
+
+    @staticmethod
+    def build(tokens: npt.NDArray[np.int64]) -> Datastore:
+        """Index a corpus (int64 [T]); negative ids separate documents."""
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> Datastore:
+        """Read a datastore file (RedrafterError if missing, foreign, truncated or corrupt)."""
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the file atomically."""
+    def query(
+        self,
+        context: npt.NDArray[np.int64],
+        k: int = 4,
+        length: int = 4,
+        *,
+        min_match: int = 1,
+        count_cap: int = ...,
+        max_levels: int = 8,
+    ) -> Candidates:
+        """Up to `k` continuations of `context` from the corpus."""
+    def count(self, pattern: npt.NDArray[np.int64], cap: int = ...) -> int:
+        """Occurrences of `pattern` in the corpus, at most `cap`."""
+    @property
+    def num_tokens(self) -> int: ...
+    @property
+    def num_docs(self) -> int: ...
+    @property
+    def num_states(self) -> int: ...
+    def __len__(self) -> int: ...
+
+def retrieve(
+    automata: Sequence[SuffixAutomaton],
+    k: int,
+    length: int,
+    *,
+    datastore: Datastore | None = None,
+    min_match: int = 1,
+    count_cap: int = 16,
+    max_levels: int = 8,
+) -> Candidates:
+    """Candidates for every row of a decode step in one call: tokens [B, k, length]; own text
+    and datastore candidates merged by (match length, count)."""

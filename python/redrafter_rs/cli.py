@@ -127,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("--no-chat", dest="chat", action="store_false", help="skip the chat template")
     gen.set_defaults(func=cmd_generate)
+    from redrafter_rs.train_cli import add_train_parser
+
+    add_train_parser(sub)
+    from redrafter_rs import bench, bench_core
+
+    bench.add_parser(sub)
+    bench_core.add_parser(sub)
+    from redrafter_rs.retrieval import add_datastore_parser
+
+    add_datastore_parser(sub)
     return parser
 
 

@@ -148,6 +148,7 @@ class SpeculativeGenerator:
         self._pending: list[Request] = []
         self._active: list[Request] = []  # aligned with the batch rows below
         self._finished: dict[Hashable, Request] = {}
+        self._live: set[Hashable] = set()  # ids of queued and running requests
         self._cache: BatchCache | None = None
         self._pos = self._hidden = self._root = None  # [B], [B, H], [B]
         self.policy = self._make_policy() if self.config.adaptive else None
@@ -179,7 +180,7 @@ class SpeculativeGenerator:
     ) -> None:
         """Queue a request; it is prefilled at the next `step()`."""
         check(
-            request_id not in self._ids(),
+            request_id not in self._live,
             f"request_id {request_id!r} is already queued or running",
         )
         budget = max_new_tokens or self.config.max_new_tokens
@@ -189,6 +190,7 @@ class SpeculativeGenerator:
         gen = generator or params.generator(self.target.device)
         stats = GenerationStats(self.config.beam_width, self.config.beam_length)
         self._pending.append(Request(request_id, prompt, params, budget, gen, stats))
+        self._live.add(request_id)
 
     def cancel(self, request_id: Hashable) -> bool:
         """Stop a queued or running request; returns whether it was found."""
@@ -370,6 +372,7 @@ class SpeculativeGenerator:
         return req.finished
 
     def _finish(self, req: Request, reason: str) -> None:
+        self._live.discard(req.id)
         if hasattr(self.drafter, "release"):
             self.drafter.release(req.id)
         req.finish_reason = reason
@@ -377,7 +380,8 @@ class SpeculativeGenerator:
         self._finished[req.id] = req
 
     def _drop_rows(self, rows: list[int]) -> None:
-        keep = [i for i in range(len(self._active)) if i not in set(rows)]
+        gone = set(rows)
+        keep = [i for i in range(len(self._active)) if i not in gone]
         self._active = [self._active[i] for i in keep]
         if not keep:
             self._cache = self._pos = self._hidden = self._root = None
@@ -385,9 +389,6 @@ class SpeculativeGenerator:
         idx = torch.tensor(keep, device=self.target.device)
         self._cache.select(idx)
         self._pos, self._hidden, self._root = self._pos[idx], self._hidden[idx], self._root[idx]
-
-    def _ids(self) -> set:
-        return {r.id for r in self._pending} | {r.id for r in self._active}
 
     def _check_prompt(self, input_ids, budget: int) -> list[int]:
         if not isinstance(input_ids, torch.Tensor):

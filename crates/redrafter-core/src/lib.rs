@@ -33,11 +33,15 @@
 
 mod accept;
 mod check;
+mod datastore;
 mod error;
 mod kv;
+mod sam;
 mod tree;
 
 pub use accept::{accept, Acceptance};
+pub use datastore::{crc32, Cursor, Datastore, FORMAT_VERSION, MAGIC};
 pub use error::{Error, Result};
 pub use kv::{plan_kv, KvPlan};
+pub use sam::{merge_candidates, Candidate, QueryParams, SuffixAutomaton, MAX_TOKENS};
 pub use tree::{pack_beams, Tree, TreeView};

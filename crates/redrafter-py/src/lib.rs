@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 
 mod convert;
 mod errors;
+mod retrieval;
 mod tree;
 
 #[pymodule(gil_used = false)]
@@ -19,5 +20,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<tree::PyAcceptance>()?;
     m.add_function(wrap_pyfunction!(tree::pack_beams, m)?)?;
     m.add_function(wrap_pyfunction!(tree::accept, m)?)?;
+    m.add_class::<retrieval::PySuffixAutomaton>()?;
+    m.add_class::<retrieval::PyDatastore>()?;
+    m.add_class::<retrieval::PyCandidates>()?;
+    m.add_function(wrap_pyfunction!(retrieval::retrieve, m)?)?;
     Ok(())
 }

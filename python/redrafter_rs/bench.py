@@ -1,0 +1,714 @@
+"""`redrafter bench`: ReDrafter against plain greedy decoding and HF assisted generation, side by
+side in one process on the same model, prompts and token budget (design.md §8).
+
+Methods (all greedy, batch 1):
+    hf_greedy          `model.generate(do_sample=False)`: the baseline
+    plain_loop         our engine with W = L = 1: plain decoding through our own loop, which
+                       separates engine overhead from what speculation gains
+    redrafter_WxL      ReDrafter with beam width W and beam length L, one per grid point
+    hf_prompt_lookup   `model.generate(prompt_lookup_num_tokens=...)`
+    hf_assisted        `model.generate(assistant_model=...)`, only with `--assistant DIR`
+    oracle_WxL         with `oracle`: ReDrafter whose beam 0 is the baseline's own output (other
+                       beams random) at zero drafting cost, the ceiling at that (W, L) given
+                       today's verification cost (its reference comes from an untimed greedy run)
+With `fast_linear`, every method also runs as `<name>+fl` on the same model with the small-M
+kernels switched on (fast_linear.py); the baseline stays unpatched, so `plain_loop+fl` against
+`plain_loop` shows the kernel gain and `redrafter_WxL+fl` against `plain_loop+fl` the
+speculation gain.
+
+Prompts run one after the other; for each prompt every method runs once, in an order rotated per
+prompt, so machine drift hits all methods alike. A warm-up prompt runs first and is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import fnmatch
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_GRID = ((1, 3), (1, 4), (2, 4), (4, 4), (4, 5))  # small trees: see benchmarks/README.md
+PHASES = ("drafter", "target", "rust", "cache", "other")
+
+
+@dataclass
+class BenchConfig:
+    model: str = "default"  # "default" (SmolLM2-135M-Instruct), "gemma-3-270m" or a model dir
+    drafter: str | None = None  # drafter dir; None: the shipped one (default model only)
+    prompts: str | None = None  # JSON-lines file (keys `prompt` or `turns`); None: MT-Bench
+    num_prompts: int = 80  # spread evenly over the prompt set
+    max_new_tokens: int = 128
+    grid: tuple[tuple[int, int], ...] = DEFAULT_GRID  # ReDrafter (W, L) points
+    methods: tuple[str, ...] = ()  # fnmatch patterns of methods to run; () = all
+    prompt_lookup_tokens: int = 10  # HF `prompt_lookup_num_tokens`
+    assistant: str | None = None  # same-tokenizer draft model dir for HF assisted generation
+    fast_linear: bool = False  # also run every method with the small-M linear kernels
+    oracle: bool = False  # also run oracle_WxL (perfect free drafter) for every grid point
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    dtype: str = "float32"  # float32 | bfloat16
+    device: str = "cpu"
+    chat: bool = True  # MT-Bench / `turns` prompts through the chat template (if any)
+    warmup: int = 1  # prompts run first and not counted
+    out: str = "bench-out"
+
+    def __post_init__(self) -> None:
+        from redrafter_rs.errors import check
+
+        check(self.num_prompts >= 1, f"num_prompts must be >= 1, got {self.num_prompts}")
+        check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
+        check(
+            self.dtype in ("float32", "bfloat16"), f"dtype: float32 or bfloat16, not {self.dtype}"
+        )
+
+
+@dataclass
+class Prompt:
+    id: str
+    category: str
+    text: str  # final text given to the tokenizer
+
+
+@dataclass
+class Method:
+    name: str
+    run: Callable[[torch.Tensor], tuple[list[int], dict]]  # ids [1, T] -> (new tokens, info)
+    fast_linear: bool = False
+    shape: tuple[int, int] | None = None  # (W, L) for engine methods
+    oracle: OracleDrafter | None = None  # needs the prompt's greedy reference before it runs
+
+
+@dataclass
+class Setup:
+    """What a bench runs on; `run_bench` loads it from the config unless given one."""
+
+    model: nn.Module
+    tokenizer: object
+    drafter: nn.Module | None
+    drafter_label: str
+    assistant: nn.Module | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- prompts ------------------------------------------------------------------------------
+def load_prompts(config: BenchConfig, tokenizer) -> list[Prompt]:
+    """The prompt set: MT-Bench first turns, or a JSON-lines file."""
+    from redrafter_rs.data import chat_prompt, mt_bench_questions
+    from redrafter_rs.errors import check
+
+    rows = mt_bench_questions() if config.prompts is None else _read_jsonl(config.prompts)
+    prompts = []
+    for i, row in enumerate(rows):
+        if "turns" in row:
+            text = row["turns"][0]
+            text = chat_prompt(tokenizer, text) if config.chat else text
+        else:
+            check("prompt" in row, f"{config.prompts}: line {i + 1} has no 'prompt' or 'turns'")
+            text = row["prompt"]
+        qid = str(row.get("question_id", row.get("id", i)))
+        prompts.append(Prompt(qid, str(row.get("category", "")), text))
+    return prompts
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def spread(items: list, n: int) -> list:
+    """n items evenly spread over `items` (all of them if n >= len)."""
+    if n >= len(items):
+        return list(items)
+    return [items[i * len(items) // n] for i in range(n)]
+
+
+# ---- loading ------------------------------------------------------------------------------
+def load_setup(config: BenchConfig) -> Setup:
+    from redrafter_rs.assets import DEFAULT_DRAFTER, load_default_drafter
+    from redrafter_rs.drafter import CONFIG_NAME, RecurrentDrafter
+    from redrafter_rs.models import load_model
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
+    model, tok = load_model(config.model, dtype=dtype, device=config.device)
+    notes: list[str] = []
+    drafter, label = None, "none"
+    if config.drafter:
+        drafter = RecurrentDrafter.from_pretrained(config.drafter, target=model)
+        label = config.drafter
+    elif config.model in ("default", "SmolLM2-135M-Instruct"):
+        drafter = load_default_drafter(model)
+        shipped = (DEFAULT_DRAFTER / CONFIG_NAME).is_file()
+        label = f"shipped ({DEFAULT_DRAFTER.name})" if shipped else "untrained (none shipped yet)"
+    else:
+        notes.append(f"no drafter for {config.model}: ReDrafter skipped (pass --drafter DIR)")
+    assistant = None
+    if config.assistant:
+        from transformers import AutoModelForCausalLM
+
+        assistant = AutoModelForCausalLM.from_pretrained(config.assistant, dtype=dtype)
+        assistant = assistant.to(config.device).eval()
+    return Setup(model, tok, drafter, label, assistant, notes)
+
+
+# ---- methods ------------------------------------------------------------------------------
+class _ForwardCounter:
+    """Counts calls of a module's forward (target forward passes inside `model.generate`)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.calls = 0
+        self.handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args) -> None:
+        self.calls += 1
+
+
+def _hf_runner(model: nn.Module, n: int, **kwargs) -> Callable:
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(model.generation_config, "eos_token_id", None)
+        pad = pad[0] if isinstance(pad, list) else pad
+
+    def run(ids: torch.Tensor) -> tuple[list[int], dict]:
+        counter = _ForwardCounter(model)
+        try:
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=n,
+                pad_token_id=pad,
+                **kwargs,
+            )
+        finally:
+            counter.handle.remove()
+        new = out[0, ids.shape[1] :].tolist()
+        steps = max(counter.calls - 1, 0)  # the first call is the prefill
+        return new, {"steps": steps, "verified_tokens": max(len(new) - 1, 0)}
+
+    return run
+
+
+def _engine_runner(model: nn.Module, drafter: nn.Module, n: int, W: int, L: int) -> Callable:
+    from redrafter_rs.generate import generate
+
+    def run(ids: torch.Tensor) -> tuple[list[int], dict]:
+        out = generate(model, drafter, ids, max_new_tokens=n, beam_width=W, beam_length=L)
+        stats = out.stats
+        hist = [0] * L
+        for a in stats.accepted_per_step:
+            hist[a] += 1
+        return out.sequences[0, ids.shape[1] :].tolist(), {
+            "steps": stats.steps,
+            "verified_tokens": sum(stats.accepted_per_step) + stats.steps,
+            "accepted_hist": hist,  # steps that accepted 0, 1, ..., L-1 draft tokens
+            "phases_s": _phases(stats.time_s),
+        }
+
+    return run
+
+
+def _phases(t: dict[str, float]) -> dict[str, float]:
+    """Engine phases -> the report's split (drafter / target / rust / cache; `other` later)."""
+    return {
+        "drafter": t.get("draft", 0.0),
+        "target": t.get("target", 0.0) + t.get("prefill", 0.0),
+        "rust": t.get("pack", 0.0) + t.get("accept", 0.0),
+        "cache": t.get("cache", 0.0),
+    }
+
+
+def build_methods(config: BenchConfig, setup: Setup) -> tuple[list[Method], dict[str, str]]:
+    """Methods to run (the baseline first) and the skipped ones with the reason."""
+    model, n = setup.model, config.max_new_tokens
+    methods = [
+        Method("hf_greedy", _hf_runner(model, n)),
+        Method("plain_loop", _engine_runner(model, _NoDrafter(), n, 1, 1), shape=(1, 1)),
+    ]
+    skipped: dict[str, str] = {}
+    for W, L in config.grid:
+        name = f"redrafter_{W}x{L}"
+        if setup.drafter is None:
+            skipped[name] = "no drafter for this model"
+            continue
+        methods.append(Method(name, _engine_runner(model, setup.drafter, n, W, L), shape=(W, L)))
+    if config.oracle:
+        oracle = OracleDrafter(model.get_input_embeddings().weight.shape[0])
+        for W, L in config.grid:
+            run = _engine_runner(model, oracle, n, W, L)
+            methods.append(Method(f"oracle_{W}x{L}", run, shape=(W, L), oracle=oracle))
+    lookup = _hf_runner(model, n, prompt_lookup_num_tokens=config.prompt_lookup_tokens)
+    methods.append(Method("hf_prompt_lookup", lookup))
+    if setup.assistant is not None:
+        methods.append(Method("hf_assisted", _hf_runner(model, n, assistant_model=setup.assistant)))
+    else:
+        skipped["hf_assisted"] = (
+            "no draft model with the target's tokenizer is available offline (pass --assistant DIR)"
+        )
+    if config.fast_linear:
+        methods += [_fast_variant(m) for m in methods]
+    keep = [m for m in methods if m.name == "hf_greedy" or _selected(m.name, config.methods)]
+    return keep, skipped
+
+
+class OracleDrafter(nn.Module):
+    """Beam 0 is the reference continuation (set per prompt); other beams are random tokens."""
+
+    uses_context = True
+
+    def __init__(self, vocab_size: int, seed: int = 0) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.reference: list[int] = []  # the baseline's new tokens for the current prompt
+        self.prompt_len = 0
+
+    def draft(self, hidden, root, *, embed, beam_width, beam_length, context, request_ids=None):
+        W, L = beam_width, beam_length
+        beams = torch.randint(0, self.vocab_size, (1, W, L), generator=self.gen)  # [1, W, L]
+        beams[:, :, 0] = root.cpu()
+        emitted = context[0].numel() - self.prompt_len  # the root is the last emitted token
+        truth = self.reference[emitted : emitted + L - 1]
+        beams[0, 0, 1 : 1 + len(truth)] = torch.tensor(truth, dtype=torch.long)
+        return beams.to(root.device)
+
+
+class _NoDrafter(nn.Module):
+    """Stand-in drafter for plain decoding (L = 1 never drafts)."""
+
+    def draft(self, hidden, root, *, embed, beam_width, beam_length, context=None):
+        return root.view(-1, 1, 1).expand(-1, beam_width, 1).contiguous()
+
+
+def _fast_variant(method: Method) -> Method:
+    return Method(method.name + "+fl", method.run, True, method.shape, method.oracle)
+
+
+def _selected(name: str, patterns: tuple[str, ...]) -> bool:
+    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+# ---- running ------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _run_one(method: Method, model: nn.Module, ids: torch.Tensor) -> tuple[list[int], dict]:
+    from redrafter_rs import fast_linear
+
+    if method.fast_linear:
+        fast_linear.set_active(model, True)
+    try:
+        _sync(ids.device)
+        t = time.perf_counter()
+        new, info = method.run(ids)
+        _sync(ids.device)
+        info["time_s"] = time.perf_counter() - t
+    finally:
+        if method.fast_linear:
+            fast_linear.set_active(model, False)
+    return new, info
+
+
+def _record(prompt: Prompt, index: int, method: Method, new, info, base) -> dict:
+    info = dict(info)
+    wall = info.pop("time_s")
+    diff = (i for i, (a, b) in enumerate(zip(new, base, strict=False)) if a != b)
+    first_diff = next(diff, min(len(new), len(base)))
+    rec = {
+        "prompt": index,
+        "prompt_id": prompt.id,
+        "category": prompt.category,
+        "method": method.name,
+        "new_tokens": len(new),
+        "time_s": wall,
+        "tokens_per_s": len(new) / wall if wall > 0 else 0.0,
+        "equal": new == base,
+        "first_diff": None if new == base else first_diff,  # first differing token
+        **info,
+    }
+    if "phases_s" in rec:
+        rec["phases_s"] = dict(rec["phases_s"])
+        rec["phases_s"]["other"] = max(wall - sum(rec["phases_s"].values()), 0.0)
+    return rec
+
+
+def _order(methods: list[Method], i: int) -> list[Method]:
+    """The methods rotated by i (the baseline runs first in the warm-up)."""
+    k = i % len(methods)
+    return methods[k:] + methods[:k]
+
+
+def run_bench(
+    config: BenchConfig, setup: Setup | None = None, log: Callable[[str], None] | None = None
+) -> dict:
+    """Run the bench; returns the report (see `summarize`) and writes nothing."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        setup = setup or load_setup(config)
+        return _run(config, setup, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: BenchConfig, setup: Setup, log: Callable[[str], None]) -> dict:
+    from redrafter_rs import fast_linear
+
+    model, tok = setup.model, setup.tokenizer
+    prompts = spread(load_prompts(config, tok), config.num_prompts + config.warmup)
+    warm, timed = prompts[: config.warmup], prompts[config.warmup :]
+    methods, skipped = build_methods(config, setup)
+    fl_info = _patch(model) if config.fast_linear else None
+    records: list[dict] = []
+    try:
+        with torch.no_grad():
+            for i, prompt in enumerate(warm + timed):
+                ids = tok(prompt.text, return_tensors="pt").input_ids.to(model.device)
+                counted = i >= len(warm)
+                _set_reference(methods, model, ids, config.max_new_tokens)
+                outs = {m.name: _run_one(m, model, ids) for m in _order(methods, i)}
+                base = outs["hf_greedy"][0]
+                if counted:
+                    for m in methods:
+                        records.append(_record(prompt, i - len(warm), m, *outs[m.name], base))
+                log(_progress(i, len(warm), len(timed), prompt, outs, ids.shape[1]))
+        if fl_info is not None:
+            fl_info["max_abs_logit_diff"] = _logit_diff(model, tok, timed[0].text)
+    finally:
+        if fl_info is not None:
+            fast_linear.unpatch_model(model)
+    return summarize(config, setup, methods, skipped, records, fl_info)
+
+
+def _set_reference(methods: list[Method], model: nn.Module, ids, n: int) -> None:
+    """Give the oracle drafters this prompt's greedy output (an untimed run)."""
+    oracles = {id(m.oracle): m.oracle for m in methods if m.oracle is not None}
+    if not oracles:
+        return
+    reference, _ = _hf_runner(model, n)(ids)
+    for oracle in oracles.values():
+        oracle.reference, oracle.prompt_len = reference, ids.shape[1]
+
+
+def _patch(model: nn.Module) -> dict:
+    from redrafter_rs import fast_linear
+
+    count = fast_linear.patch_model(model)
+    fast_linear.set_active(model, False)
+    return {"patched_layers": count, "config": asdict(fast_linear.FastLinearConfig())}
+
+
+@torch.no_grad()
+def _logit_diff(model: nn.Module, tok, text: str, extra: int = 16) -> float:
+    """max |logits(+fl) - logits| over a prompt plus `extra` tokens, verified in one forward."""
+    from redrafter_rs import fast_linear
+
+    ids = tok(text, return_tensors="pt").input_ids.to(model.device)
+    cont = torch.randint(0, model.get_input_embeddings().weight.shape[0], (1, extra))
+    ids = torch.cat([ids, cont.to(ids.device)], dim=1)
+    ref = model(ids).logits
+    fast_linear.set_active(model, True)
+    try:
+        got = model(ids).logits
+    finally:
+        fast_linear.set_active(model, False)
+    return float((got - ref).abs().max())
+
+
+def _progress(i: int, warm: int, timed: int, prompt: Prompt, outs: dict, T: int) -> str:
+    tag = "warm-up" if i < warm else f"{i - warm + 1}/{timed}"
+    base = outs["hf_greedy"]
+    parts = [f"{name} {len(new) / info['time_s']:.1f}" for name, (new, info) in outs.items()]
+    same = sum(new == base[0] for new, _ in outs.values())
+    return (
+        f"[{tag}] prompt {prompt.id} ({prompt.category}, {T} tokens): tok/s "
+        + ", ".join(parts)
+        + f"; equal {same}/{len(outs)}"
+    )
+
+
+# ---- summary ------------------------------------------------------------------------------
+def _quantiles(xs: list[float]) -> tuple[float, float, float]:
+    if len(xs) == 1:
+        return xs[0], xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], statistics.median(xs), q[2]
+
+
+def _method_summary(recs: list[dict], base: dict[int, dict]) -> dict:
+    tps = [r["tokens_per_s"] for r in recs]
+    speed = [r["tokens_per_s"] / base[r["prompt"]]["tokens_per_s"] for r in recs]
+    p25, med, p75 = _quantiles(tps)
+    s25, smed, s75 = _quantiles(speed)
+    total_tokens = sum(r["new_tokens"] for r in recs)
+    total_time = sum(r["time_s"] for r in recs)
+    base_rate = sum(base[r["prompt"]]["new_tokens"] for r in recs) / sum(
+        base[r["prompt"]]["time_s"] for r in recs
+    )
+    out = {
+        "prompts": len(recs),
+        "tokens_per_s": {"median": med, "p25": p25, "p75": p75},
+        "speedup": {"median": smed, "p25": s25, "p75": s75},
+        "speedup_total": (total_tokens / total_time) / base_rate,
+        "new_tokens": total_tokens,
+        "time_s": total_time,
+        "greedy_equal": sum(r["equal"] for r in recs),
+        "tau": None,
+        "acceptance_per_depth": None,
+        "time_split": None,
+    }
+    steps = sum(r.get("steps", 0) for r in recs)
+    if steps:
+        out["tau"] = sum(r["verified_tokens"] for r in recs) / steps
+    hists = [r["accepted_hist"] for r in recs if "accepted_hist" in r]
+    if hists:
+        hist = [sum(col) for col in zip(*hists, strict=True)]
+        n = max(sum(hist), 1)
+        out["acceptance_per_depth"] = [sum(hist[d:]) / n for d in range(1, len(hist))]
+    phases = [r["phases_s"] for r in recs if "phases_s" in r]
+    if phases:
+        wall = sum(r["time_s"] for r in recs if "phases_s" in r)
+        out["time_split"] = {p: sum(ph[p] for ph in phases) / wall for p in PHASES}
+    return out
+
+
+def summarize(config, setup, methods, skipped, records, fl_info) -> dict:
+    base = {r["prompt"]: r for r in records if r["method"] == "hf_greedy"}
+    by_method = {m.name: [r for r in records if r["method"] == m.name] for m in methods}
+    summary = {name: _method_summary(recs, base) for name, recs in by_method.items() if recs}
+    categories = sorted({r["category"] for r in records})
+    by_category = {
+        name: {
+            c: _method_summary([r for r in recs if r["category"] == c], base) for c in categories
+        }
+        for name, recs in by_method.items()
+        if recs and len(categories) > 1
+    }
+    return {
+        "config": asdict(config),
+        "machine": machine_info(),
+        "model": _model_label(config.model),
+        "drafter": setup.drafter_label,
+        "notes": setup.notes,
+        "methods": summary,
+        "by_category": by_category,
+        "skipped": skipped,
+        "fast_linear": fl_info,
+        "records": records,
+    }
+
+
+def _model_label(name: str) -> str:
+    from redrafter_rs.models import DEFAULT_MODEL
+
+    return DEFAULT_MODEL if name == "default" else name
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+    }
+
+
+# ---- reports ------------------------------------------------------------------------------
+def _fmt(x, spec: str = ".2f", none: str = "-") -> str:
+    return none if x is None else format(x, spec)
+
+
+def markdown_table(report: dict) -> str:
+    """The per-method table: tokens/s, speedup, τ, acceptance, time split, equality."""
+    head = (
+        "| method | tok/s median [p25, p75] | speedup median [p25, p75] | speedup (total) | τ "
+        "| acceptance per depth | drafter / target / rust / cache / other | greedy-equal |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for name, s in report["methods"].items():
+        t, sp = s["tokens_per_s"], s["speedup"]
+        acc = s["acceptance_per_depth"]
+        split = s["time_split"]
+        rows.append(
+            f"| {name} | {t['median']:.1f} [{t['p25']:.1f}, {t['p75']:.1f}] "
+            f"| {sp['median']:.2f}x [{sp['p25']:.2f}, {sp['p75']:.2f}] "
+            f"| {s['speedup_total']:.2f}x | {_fmt(s['tau'])} "
+            f"| {' '.join(f'{a:.2f}' for a in acc) if acc else '-'} "
+            f"| {' / '.join(f'{100 * split[p]:.0f}%' for p in PHASES) if split else '-'} "
+            f"| {s['greedy_equal']}/{s['prompts']} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def markdown_report(report: dict) -> str:
+    cfg, mach = report["config"], report["machine"]
+    lines = [
+        f"# redrafter bench: {report['model']}",
+        "",
+        f"{mach['date']}; {mach['cpu']}, {mach['cores']} cores, torch threads "
+        f"{mach['torch_threads']}, GPU {mach['gpu'] or 'none'}; torch {mach['torch']}, "
+        f"transformers {mach['transformers']}.",
+        f"Drafter: {report['drafter']}. Prompts: {cfg['prompts'] or 'MT-Bench first turns'} "
+        f"({len({r['prompt'] for r in report['records']})} prompts, {cfg['warmup']} warm-up "
+        f"excluded), max_new_tokens {cfg['max_new_tokens']}, dtype {cfg['dtype']}, "
+        f"device {cfg['device']}, greedy, batch 1.",
+        "",
+        markdown_table(report),
+    ]
+    if report["skipped"]:
+        lines += ["Skipped: " + "; ".join(f"`{k}`: {v}" for k, v in report["skipped"].items())]
+    lines += [f"Note: {n}" for n in report["notes"]]
+    if report["fast_linear"]:
+        fl = report["fast_linear"]
+        lines += [
+            f"`+fl`: small-M linear kernels on {fl['patched_layers']} layers; max |Δlogit| vs "
+            f"F.linear {fl.get('max_abs_logit_diff', float('nan')):.2e}.",
+        ]
+    lines += ["", category_table(report)]
+    return "\n".join(lines) + "\n"
+
+
+def category_table(report: dict) -> str:
+    """τ / median speedup per method (rows) and prompt category (columns)."""
+    by_cat = report["by_category"]
+    if not by_cat:
+        return ""
+    cats = list(next(iter(by_cat.values())))
+    head = "| τ / speedup | " + " | ".join(cats) + " |\n|---|" + "---|" * len(cats) + "\n"
+    rows = []
+    for name, per in by_cat.items():
+        if name == "hf_greedy":
+            continue
+        cells = [f"{_fmt(per[c]['tau'])} / {per[c]['speedup']['median']:.2f}x" for c in cats]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Speedup (median, p25-p75 whiskers) and τ per method, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["methods"])
+    s = [report["methods"][n] for n in names]
+    med = [x["speedup"]["median"] for x in s]
+    err = [
+        [m - x["speedup"]["p25"] for m, x in zip(med, s, strict=True)],
+        [x["speedup"]["p75"] - m for m, x in zip(med, s, strict=True)],
+    ]
+    tau = [x["tau"] or 0.0 for x in s]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.45 * len(names) + 1.8), sharey=True)
+    y = range(len(names))
+    ax1.barh(y, med, xerr=err, color="tab:blue", capsize=3)
+    ax1.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax1.set_yticks(list(y), names)
+    ax1.invert_yaxis()
+    ax1.set_xlabel("speedup vs hf_greedy (median, p25-p75)")
+    ax2.barh(y, tau, color="tab:orange")
+    ax2.set_xlabel("τ (tokens per target forward)")
+    fig.suptitle(f"redrafter bench: {report['model']}, drafter {report['drafter']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_reports(report: dict, out: str | Path) -> dict[str, Path]:
+    """bench.json, bench.md and bench.png under `out`; returns their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "bench.json", "md": out / "bench.md", "png": out / "bench.png"}
+    paths["json"].write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    paths["md"].write_text(markdown_report(report), encoding="utf-8")
+    plot(report, paths["png"])
+    return paths
+
+
+# ---- command line -------------------------------------------------------------------------
+def parse_grid(text: str) -> tuple[tuple[int, int], ...]:
+    """Parse a grid such as "1x4,4x4,8x5" into ((1, 4), (4, 4), (8, 5))."""
+    try:
+        grid = tuple(tuple(int(v) for v in item.lower().split("x")) for item in text.split(","))
+    except ValueError:
+        grid = ((),)
+    if not all(len(g) == 2 and g[0] >= 1 and g[1] >= 1 for g in grid):
+        raise argparse.ArgumentTypeError(f"--grid: expected e.g. 1x4,4x4,8x5, got {text!r}")
+    return grid
+
+
+def add_parser(sub) -> None:
+    """Register `redrafter bench` on the CLI's subparsers."""
+    p = sub.add_parser("bench", help="ReDrafter vs model.generate vs prompt lookup (tokens/s, τ)")
+    d = BenchConfig()
+    p.add_argument("--model", default=d.model, help="default | gemma-3-270m | model directory")
+    p.add_argument("--drafter", default=None, help="drafter directory (default: the shipped one)")
+    p.add_argument("--prompts", default=None, help="JSON-lines file (keys prompt or turns)")
+    p.add_argument("--num-prompts", type=int, default=d.num_prompts)
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--grid", type=parse_grid, default=d.grid, help="W x L points, e.g. 1x4,4x5")
+    p.add_argument("--methods", default="", help="comma-separated fnmatch patterns to run")
+    p.add_argument("--prompt-lookup-tokens", type=int, default=d.prompt_lookup_tokens)
+    p.add_argument("--assistant", default=None, help="same-tokenizer draft model directory")
+    p.add_argument("--fast-linear", action="store_true", help="also run with small-M kernels")
+    p.add_argument("--oracle", action="store_true", help="also run a perfect free drafter")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype)
+    p.add_argument("--device", default=d.device, help="cpu | cuda")
+    p.add_argument("--no-chat", dest="chat", action="store_false", help="skip the chat template")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="warm-up prompts (not counted)")
+    p.add_argument("--out", default=d.out, help="output directory")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """ReDrafter vs model.generate vs prompt lookup on MT-Bench: JSON, Markdown, PNG."""
+    config = BenchConfig(
+        model=args.model,
+        drafter=args.drafter,
+        prompts=args.prompts,
+        num_prompts=args.num_prompts,
+        max_new_tokens=args.max_new_tokens,
+        grid=args.grid,
+        methods=tuple(p for p in args.methods.split(",") if p),
+        prompt_lookup_tokens=args.prompt_lookup_tokens,
+        assistant=args.assistant,
+        fast_linear=args.fast_linear,
+        oracle=args.oracle,
+        threads=args.threads,
+        dtype=args.dtype,
+        device=args.device,
+        chat=args.chat,
+        warmup=args.warmup,
+        out=args.out,
+    )
+    report = run_bench(config)
+    paths = write_reports(report, config.out)
+    print(markdown_table(report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

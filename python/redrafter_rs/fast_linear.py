@@ -1,0 +1,132 @@
+"""Opt-in small-M CPU kernels for the target's linear layers (offline-assets.md, last section).
+
+Tree verification runs every `nn.Linear` of the target on M = B * N rows with N ~ 4-32. On this
+CPU's MKL, `F.linear(x, W)` (a transposed-weight GEMM) is a fast matrix-vector path for M <= 3
+and then falls off a cliff. Per layer, weights cold in DRAM as in a real forward (1 thread,
+fp32, ms; more in benchmarks/README.md):
+
+    layer          M=1     M=3     M=4     M=8     M=16   (F.linear / x @ W^T / oneDNN packed)
+    576->1536     0.42    0.48    0.75    0.97    0.95   F.linear
+                  0.36    0.50    0.53    0.77    0.88   x @ W.t().contiguous()
+    576->49152    8.8    13.6    28.0    40.7    30.8    F.linear (the LM head)
+                  7.8    12.8    17.3    22.3    27.1    x @ W.t().contiguous()
+                  9.1    13.4    12.9    16.1    21.0    oneDNN packed
+
+`patch_model(model)` keeps `F.linear` for M below `min_rows` (plain decoding stays bitwise
+unchanged) and, from `min_rows` rows on, computes `x @ W^T` with a pre-transposed weight copy,
+or for layers with at least `packed_min_features` outputs (the LM head) with oneDNN's
+pre-packed linear. Both compute the same sums in a different order, so logits differ from
+`F.linear`'s in the last bits (|diff| ~ 1e-5); `redrafter bench` checks that greedy outputs stay
+token-identical. `unpatch_model` restores the modules exactly. The weight copies are refreshed
+when the weight is modified in place or replaced; patching is for inference (no autograd
+through the copies).
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_ATTR = "_redrafter_fast_linear"
+
+
+@dataclass(frozen=True)
+class FastLinearConfig:
+    min_rows: int = 4  # M below this: F.linear as is (MKL's matrix-vector path is fastest)
+    packed_min_features: int = 16384  # out_features from which oneDNN's packed kernel is used
+    dtypes: tuple[torch.dtype, ...] = (torch.float32,)  # weights dtypes to patch
+
+
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class _Kernel:
+    """The weight copies of one patched `nn.Linear` and its dispatching forward."""
+
+    def __init__(self, module: nn.Linear, config: FastLinearConfig) -> None:
+        self.config = config
+        self.packed = module.out_features >= config.packed_min_features and onednn_available()
+        self.active = True  # `set_active(model, False)` routes everything to F.linear
+        self.refresh(module)
+
+    def refresh(self, module: nn.Linear) -> None:
+        weight = module.weight.detach()
+        self.source, self.version = module.weight, module.weight._version
+        if self.packed:  # oneDNN's blocked layout; the batch-size hint (8) does not restrict M
+            self.weight_t = None
+            self.weight_packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
+        else:
+            self.weight_t = weight.t().contiguous()  # [in, out]
+            self.weight_packed = None
+
+    def __call__(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // max(x.shape[-1], 1)
+        if not self.active or rows < self.config.min_rows or x.dtype != module.weight.dtype:
+            return F.linear(x, module.weight, module.bias)
+        if torch.is_grad_enabled() and (x.requires_grad or module.weight.requires_grad):
+            return F.linear(x, module.weight, module.bias)  # keep autograd exact
+        if module.weight is not self.source or module.weight._version != self.version:
+            self.refresh(module)
+        bias = None if module.bias is None else module.bias.detach()
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight_packed, bias, "none", [], "")
+        x2 = x.reshape(rows, x.shape[-1])  # [M, in]
+        y = x2 @ self.weight_t if bias is None else torch.addmm(bias, x2, self.weight_t)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def _fast_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return getattr(self, _ATTR)(self, x)
+
+
+def _eligible(module: nn.Module, config: FastLinearConfig) -> bool:
+    return (
+        type(module) is nn.Linear
+        and module.weight.device.type == "cpu"
+        and module.weight.dtype in config.dtypes
+    )
+
+
+def patch_model(model: nn.Module, config: FastLinearConfig | None = None) -> int:
+    """Route the eligible `nn.Linear` layers of `model` through the small-M kernels.
+
+    Patches plain `nn.Linear` modules with CPU weights of a dtype in `config.dtypes` (a tied
+    LM head included); returns how many were patched. Idempotent.
+    """
+    config = config or FastLinearConfig()
+    count = 0
+    for module in model.modules():
+        if _eligible(module, config) and not hasattr(module, _ATTR):
+            setattr(module, _ATTR, _Kernel(module, config))
+            module.forward = types.MethodType(_fast_forward, module)
+            count += 1
+    return count
+
+
+def unpatch_model(model: nn.Module) -> int:
+    """Undo `patch_model`: drop the weight copies and the instance forwards; returns the count."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, _ATTR):
+            delattr(module, _ATTR)
+            del module.forward  # the instance attribute; the class's forward shows again
+            count += 1
+    return count
+
+
+def set_active(model: nn.Module, active: bool) -> int:
+    """Switch the patched layers between the small-M kernels and plain `F.linear` (no copies
+    are made or dropped); returns the number of patched layers."""
+    kernels = [getattr(m, _ATTR) for m in model.modules() if hasattr(m, _ATTR)]
+    for kernel in kernels:
+        kernel.active = active
+    return len(kernels)
+
+
+def is_patched(model: nn.Module) -> bool:
+    return any(hasattr(m, _ATTR) for m in model.modules())

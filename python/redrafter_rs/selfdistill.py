@@ -1,0 +1,265 @@
+"""Self-distillation data: diverse instruction prompts, answered greedily by the target.
+
+The prompts are built offline from templates in the eight MT-Bench category *styles* (writing,
+roleplay, reasoning, math, coding, extraction, stem, humanities) filled with topics written for
+this repository (`train_data/instructions.json`), optionally plus "summarize / explain" requests
+over passages of a documentation tree (e.g. Debian's python3.11-doc). MT-Bench questions are
+never used: they are the benchmark.
+
+`generate_cache` answers the prompts in left-padded batches with the target's own greedy decode
+and records, at every answer position, the teacher outputs of `teacher.py` (the hidden state and
+top-k logits come for free from the decode step, so no second teacher pass is needed).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from redrafter_rs.errors import check
+from redrafter_rs.target import Target
+from redrafter_rs.teacher import (
+    ChunkWriter,
+    SequenceRecord,
+    check_manifest_target,
+    new_manifest,
+    read_manifest,
+)
+
+INSTRUCTIONS = Path(__file__).parent / "train_data" / "instructions.json"
+CATEGORIES = (
+    "writing",
+    "roleplay",
+    "reasoning",
+    "math",
+    "coding",
+    "extraction",
+    "stem",
+    "humanities",
+)
+_DOC_TEMPLATES = (
+    "Summarize the following passage from the Python documentation in plain English: {passage}",
+    "Explain the following text to a beginner programmer: {passage}",
+    "List the key points of this passage as bullet points: {passage}",
+    "Based on this documentation excerpt, write a short example showing the idea: {passage}",
+)
+
+
+# ---- prompts ----------------------------------------------------------------------------------
+def _numbers(rng: random.Random) -> dict[str, int]:
+    a = rng.randint(2, 12)
+    step = rng.randint(2, 9)
+    return {
+        "a": a,
+        "b": rng.randint(2, 15),
+        "c": rng.randint(10, 60),
+        "a2": a + step,
+        "a3": a + 2 * step,
+        "a4": a + 3 * step,
+        "big": rng.randint(60, 999),
+    }
+
+
+def _fill(template: str, entry: dict, spec: dict, rng: random.Random) -> str:
+    names = rng.sample(spec["names"], 3)
+    fields = {
+        "topic": rng.choice(entry["topics"]) if entry.get("topics") else "",
+        "passage": rng.choice(entry["passages"]) if entry.get("passages") else "",
+        "name": names[0],
+        "name2": names[1],
+        "name3": names[2],
+        "plural": rng.choice(spec["plurals"]),
+        **_numbers(rng),
+    }
+    return template.format(**fields)
+
+
+def instruction_prompts(n: int, seed: int = 0, passages: list[str] | None = None) -> list[str]:
+    """Up to `n` distinct instructions, categories interleaved so that any prefix is balanced.
+
+    A category whose combinations run out (many repeats in a row) drops out of the rotation.
+    """
+    spec = json.loads(INSTRUCTIONS.read_text(encoding="utf-8"))
+    rng = random.Random(seed)
+    kinds = list(CATEGORIES) + (["docs"] if passages else [])
+    seen: set[str] = set()
+    out: list[str] = []
+    turn = 0
+    while len(out) < n and kinds:
+        kind = kinds[turn % len(kinds)]
+        for _ in range(_MAX_REPEATS):
+            prompt = _one_prompt(kind, spec, rng, passages)
+            if prompt not in seen:
+                seen.add(prompt)
+                out.append(prompt)
+                turn += 1
+                break
+        else:
+            kinds.remove(kind)
+    return out
+
+
+_MAX_REPEATS = 200
+
+
+def _one_prompt(kind: str, spec: dict, rng: random.Random, passages: list[str] | None) -> str:
+    if kind == "docs":
+        prompt = rng.choice(_DOC_TEMPLATES).format(passage=rng.choice(passages))
+    else:
+        entry = spec[kind]
+        prompt = _fill(rng.choice(entry["templates"]), entry, spec, rng)
+    return prompt + rng.choice(spec["styles"])
+
+
+_RST_ROLE = re.compile(r":[\w:-]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
+_RST_LITERAL = re.compile(r"``([^`]*)``")
+_RST_SKIP = ("..", ">>>", "|", "=", "-", "*", "+")  # directives, code, tables, headings, lists
+
+
+def doc_passages(root: str | Path, min_chars: int = 200, max_chars: int = 700) -> list[str]:
+    """Prose paragraphs of an .rst/.txt documentation tree, with inline markup removed."""
+    passages = []
+    for path in sorted(Path(root).rglob("*.txt")) + sorted(Path(root).rglob("*.rst")):
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        for para in re.split(r"\n\s*\n", text):
+            lines = [ln.strip() for ln in para.splitlines()]
+            if not lines or any(ln.startswith(_RST_SKIP) for ln in lines):
+                continue
+            clean = _RST_LITERAL.sub(r"'\1'", _RST_ROLE.sub(r"\1", " ".join(lines)))
+            if min_chars <= len(clean) <= max_chars and clean[-1] in ".:)":
+                passages.append(clean)
+    return passages
+
+
+# ---- recorded greedy generation ---------------------------------------------------------------
+@torch.no_grad()
+def greedy_record(
+    model: nn.Module,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos_ids: set[int],
+    top_k: int,
+    pad_id: int = 0,
+) -> list[SequenceRecord]:
+    """Greedy answers to a batch of prompts, recording teacher outputs at every answer step.
+
+    Record j of a row is the position whose hidden state produced answer token j (the last
+    prompt position for j = 0), so next_token[j] is answer token j itself.
+    """
+    target = Target(model)
+    B, T = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.long)
+    for b, p in enumerate(prompts):  # left padding
+        ids[b, T - len(p) :] = torch.tensor(p)
+        mask[b, T - len(p) :] = 1
+    ids, mask = ids.to(target.device), mask.to(target.device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+    cache = target.new_cache()
+    hidden = target.forward(ids, cache, attention_mask=mask, position_ids=positions)[:, -1]
+    rows = torch.arange(B)  # original row of each live batch entry
+    steps: list[list[tuple]] = [[] for _ in range(B)]
+    next_pos = positions[:, -1:] + 1  # [B, 1]
+    for _ in range(max_new_tokens):
+        logits = target.logits(hidden).float()  # [b, V]
+        token = logits.argmax(-1)  # [b]
+        values, top = logits.topk(top_k, dim=-1)  # [b, K]
+        for k, row in enumerate(rows.tolist()):
+            steps[row].append((hidden[k], token[k], top[k], values[k]))
+        alive = torch.tensor([int(t) not in eos_ids for t in token.tolist()])
+        if not alive.any():
+            break
+        if not alive.all():  # drop finished rows from the batch and the cache
+            keep = alive.nonzero().flatten()
+            cache.batch_select_indices(keep.to(target.device))
+            rows, token, mask, next_pos = rows[keep], token[keep], mask[keep], next_pos[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+        out = target.forward(token[:, None], cache, attention_mask=mask, position_ids=next_pos)
+        hidden, next_pos = out[:, -1], next_pos + 1
+    return [_stack(s) for s in steps]
+
+
+def _stack(steps: list[tuple]) -> SequenceRecord:
+    hidden, token, top, values = (torch.stack(x) for x in zip(*steps, strict=True))
+    return SequenceRecord(
+        hidden=hidden.to(torch.float16).cpu(),  # [n, H]
+        next_token=token.to(torch.int32).cpu(),  # [n]
+        topk_ids=top.to(torch.int32).cpu(),  # [n, K]
+        topk_logits=values.to(torch.float16).cpu(),  # [n, K]
+    )
+
+
+# ---- the resumable producer -------------------------------------------------------------------
+@dataclass
+class SelfDistillConfig:
+    num_prompts: int = 4000
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    top_k: int = 16
+    chunk_positions: int = 20000
+    seed: int = 0
+    docs: str | None = None  # documentation tree for extra "summarize/explain" prompts
+    time_budget_s: float | None = None  # stop (resumably) after this long
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    from redrafter_rs.data import chat_prompt
+
+    texts = [chat_prompt(tokenizer, p) for p in prompts]
+    return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+
+def builtin_prompts(config: SelfDistillConfig) -> list[str]:
+    """The built-in instruction prompts of `config` (plus documentation passages)."""
+    passages = doc_passages(config.docs) if config.docs else None
+    return instruction_prompts(config.num_prompts, config.seed, passages)
+
+
+def generate_cache(
+    model: nn.Module,
+    prompts: list[list[int]],
+    out_dir: str | Path,
+    config: SelfDistillConfig,
+    eos_ids: set[int],
+    log=print,
+) -> int:
+    """Answer tokenized prompts greedily into a teacher cache; resumes where it stopped.
+
+    Returns the number of positions in the cache.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        manifest = new_manifest(model, "selfdistill", config.top_k, asdict(config))
+    else:
+        check_manifest_target(manifest, model, out_dir)
+        check(manifest.top_k == config.top_k, f"{out_dir}: cache has top_k={manifest.top_k}")
+    writer = ChunkWriter(out_dir, manifest, config.chunk_positions)
+    start, t0, made = manifest.items_done, time.perf_counter(), 0
+    for lo in range(start, len(prompts), config.batch_size):
+        batch = prompts[lo : lo + config.batch_size]
+        records = greedy_record(model, batch, config.max_new_tokens, eos_ids, config.top_k)
+        writer.add(records, len(batch))
+        made += sum(len(r) for r in records)
+        rate = made / (time.perf_counter() - t0)
+        log(f"prompts {lo + len(batch)}/{len(prompts)}  positions +{made}  {rate:.0f} tok/s")
+        if config.time_budget_s and time.perf_counter() - t0 > config.time_budget_s:
+            break
+    writer.flush()
+    return manifest.positions
+
+
+def eos_ids(model: nn.Module, tokenizer=None) -> set[int]:
+    """The model's end-of-sequence ids (generation config, else the tokenizer's)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos]) - {None}

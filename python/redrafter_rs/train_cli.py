@@ -1,0 +1,278 @@
+"""`redrafter train`: build (or resume) teacher caches, then distil (or resume) a drafter.
+
+    redrafter train --instructions 6000 --docs /usr/share/doc/python3.11/html/_sources \\
+        --out runs/smollm2 --draft-vocab 4096 --exit-dim 576 --steps 3000 --resume
+
+Teacher caches live under `$REDRAFTER_CACHE/train/<model>/` (override with --cache); they are
+resumable and shared between runs with the same data settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from redrafter_rs.errors import RedrafterError, check
+
+_TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".jsonl"}
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def add_train_parser(sub) -> None:
+    """Register the `train` subcommand on an argparse subparsers object."""
+    p = sub.add_parser(
+        "train", help="distil a drafter from a target model (knowledge distillation)"
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--model", default=None, help="HF model directory (default: SmolLM2-135M)")
+    data.add_argument("--instructions", type=int, default=0, help="built-in prompts to answer")
+    data.add_argument("--docs", default=None, help="doc tree whose passages become prompts too")
+    data.add_argument("--data", nargs="*", default=[], help="text files, directories, JSONL")
+    data.add_argument("--self-distill", action="store_true", help="answer --data JSONL prompts")
+    data.add_argument("--cache", default=None, help="teacher cache root directory")
+    data.add_argument("--max-new-tokens", type=int, default=128, help="answer length")
+    data.add_argument("--gen-batch", type=int, default=48, help="prompts answered per batch")
+    data.add_argument("--top-k", type=int, default=16, help="teacher logits kept per position")
+    data.add_argument("--window", type=int, default=256, help="teacher-forcing window (tokens)")
+    data.add_argument("--gen-only", action="store_true", help="build the caches, do not train")
+    data.add_argument("--gen-budget", type=float, default=None, help="minutes of generation")
+    m = p.add_argument_group("drafter")
+    m.add_argument("--exit-dim", type=int, default=None, help="residual width (default 2H)")
+    m.add_argument("--layers", type=int, default=1)
+    m.add_argument("--no-rnn", dest="rnn", action="store_false")
+    m.add_argument("--draft-vocab", type=int, default=8192, help="0: the full vocabulary")
+    m.add_argument("--beam-length", "-L", type=int, default=5, help="L (includes the root)")
+    t = p.add_argument_group("training")
+    t.add_argument("--out", required=True, help="run directory (checkpoint.pt, drafter/)")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--warmup", type=int, default=50)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    t.add_argument("--ckpt-every", type=int, default=200)
+    t.add_argument("--eval-every", type=int, default=0, help="τ on held-out prompts every N")
+    t.add_argument("--eval-prompts", type=int, default=4)
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--time-budget", type=float, default=None, help="minutes; then checkpoint")
+    t.add_argument("--stop-after", type=int, default=None, help="end this run at this step")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--export", default=None, help="write the trained drafter here")
+    t.add_argument("--export-dtype", choices=sorted(_DTYPES), default="float16")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Build or resume the teacher caches, train, optionally export."""
+    from redrafter_rs.train import TrainConfig, export_drafter, train_drafter
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok, name = _load_target(args.model)
+    root = Path(args.cache) if args.cache else _default_cache_root(name)
+    caches = build_caches(model, tok, root, args)
+    check(caches, "no training data: pass --instructions N and/or --data PATH ...")
+    if args.gen_only:
+        return 0
+    config = TrainConfig(
+        exit_dim=args.exit_dim,
+        num_layers=args.layers,
+        rnn=args.rnn,
+        draft_vocab_size=args.draft_vocab or None,
+        beam_length=args.beam_length,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup,
+        seed=args.seed,
+        ckpt_every=args.ckpt_every,
+        eval_every=args.eval_every,
+        log_every=args.log_every,
+    )
+    result = train_drafter(
+        model,
+        caches,
+        args.out,
+        config,
+        resume=args.resume,
+        eval_prompts=_eval_prompts(tok, args.eval_prompts, args.seed) if args.eval_every else None,
+        stop_after=args.stop_after,
+        time_budget_s=args.time_budget * 60 if args.time_budget else None,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    print(json.dumps({"step": result.step, **result.metrics}))
+    if args.export and result.step >= config.steps:
+        export_drafter(args.out, args.export, dtype=_DTYPES[args.export_dtype])
+        print(f"exported the drafter to {args.export}", file=sys.stderr)
+    return 130 if result.interrupted else 0
+
+
+def _load_target(path: str | None):
+    if path is None:
+        from redrafter_rs.models import DEFAULT_MODEL, load_default_model
+
+        model, tok = load_default_model()
+        return model, tok, DEFAULT_MODEL
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(path), Path(path).name
+
+
+def _default_cache_root(name: str) -> Path:
+    from redrafter_rs.models import cache_dir
+
+    return cache_dir() / "train" / name
+
+
+def _eval_prompts(tok, n: int, seed: int) -> list[torch.Tensor]:
+    from redrafter_rs.selfdistill import encode_prompts, instruction_prompts
+
+    held_out = instruction_prompts(n, seed=10_000 + seed)  # a seed no training set uses
+    return [torch.tensor([ids]) for ids in encode_prompts(tok, held_out)]
+
+
+# ---- teacher caches ---------------------------------------------------------------------------
+def build_caches(model, tok, root: Path, args: argparse.Namespace) -> list[Path]:
+    """Produce (or finish) every cache the arguments ask for; returns their directories."""
+    from redrafter_rs.selfdistill import (
+        SelfDistillConfig,
+        builtin_prompts,
+        encode_prompts,
+        eos_ids,
+        generate_cache,
+    )
+
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    caches = []
+    eos = eos_ids(model, tok)
+    if args.instructions:
+        cfg = SelfDistillConfig(
+            num_prompts=args.instructions,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.gen_batch,
+            top_k=args.top_k,
+            seed=args.seed,
+            docs=args.docs,
+            time_budget_s=args.gen_budget * 60 if args.gen_budget else None,
+        )
+        suffix = "-docs" if cfg.docs else ""
+        directory = root / f"instructions-n{cfg.num_prompts}-seed{cfg.seed}{suffix}"
+        generate_cache(model, encode_prompts(tok, builtin_prompts(cfg)), directory, cfg, eos, log)
+        caches.append(directory)
+    if args.data:
+        files = _expand(args.data)
+        key = _digest([str(f) for f in files] + [args.window, args.self_distill, args.top_k])
+        if args.self_distill:
+            cfg = SelfDistillConfig(
+                max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch, top_k=args.top_k
+            )
+            texts = _jsonl_prompts(tok, files)
+            prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
+            directory = root / f"selfdistill-{key}"
+            generate_cache(model, prompts, directory, cfg, eos, log)
+        else:
+            directory = root / f"text-{key}"
+            teacher_force_cache(model, tok, files, directory, args.window, args.top_k, log)
+        caches.append(directory)
+    return caches
+
+
+def _expand(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        check(p.exists(), f"--data: {p} does not exist")
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and _is_text(f))
+        else:
+            files.append(p)
+    return files
+
+
+def _is_text(path: Path) -> bool:
+    return path.suffix in _TEXT_SUFFIXES or path.name.endswith(".rst.txt")
+
+
+def _digest(items: list) -> str:
+    return hashlib.sha1(json.dumps(items).encode()).hexdigest()[:10]
+
+
+def _jsonl_records(path: Path):
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RedrafterError(f"{path}:{n}: invalid JSON ({e})") from e
+
+
+def read_texts(tok, files: list[Path]):
+    """Training texts: plain files as they are; JSONL chat turns through the chat template."""
+    for path in files:
+        if path.suffix != ".jsonl":
+            yield path.read_text(encoding="utf-8", errors="ignore")
+            continue
+        for rec in _jsonl_records(path):
+            if "messages" in rec and getattr(tok, "chat_template", None):
+                yield tok.apply_chat_template(rec["messages"], tokenize=False)
+            elif "prompt" in rec:
+                from redrafter_rs.data import chat_prompt
+
+                yield chat_prompt(tok, rec["prompt"]) + rec.get("response", "")
+            elif "text" in rec:
+                yield rec["text"]
+
+
+def _jsonl_prompts(tok, files: list[Path]) -> list[str]:
+    """Self-distillation prompts: JSONL user turns (chat template, generation prompt on)."""
+    from redrafter_rs.data import chat_prompt
+
+    prompts = []
+    for path in (f for f in files if f.suffix == ".jsonl"):
+        for rec in _jsonl_records(path):
+            if "messages" in rec:
+                msgs = rec["messages"]
+                last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+                prompts.append(
+                    tok.apply_chat_template(
+                        msgs[: last_user + 1], tokenize=False, add_generation_prompt=True
+                    )
+                )
+            elif "prompt" in rec:
+                prompts.append(chat_prompt(tok, rec["prompt"]))
+    check(prompts, "--self-distill needs JSONL records with 'messages' or 'prompt'")
+    return prompts
+
+
+def teacher_force_cache(model, tok, files, directory: Path, window: int, top_k: int, log) -> None:
+    """Teacher-forced outputs over text windows (resumable by window count)."""
+    from redrafter_rs.teacher import (
+        ChunkWriter,
+        check_manifest_target,
+        new_manifest,
+        read_manifest,
+        teacher_force,
+        text_windows,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        manifest = new_manifest(model, "text", top_k, {"files": len(files), "window": window})
+    else:
+        check_manifest_target(manifest, model, directory)
+    tokens = (tok(t, add_special_tokens=False).input_ids for t in read_texts(tok, files))
+    windows = list(text_windows(tokens, window))
+    writer = ChunkWriter(directory, manifest, chunk_positions=20000)
+    batch = 8
+    for lo in range(manifest.items_done, len(windows), batch):
+        chunk = windows[lo : lo + batch]
+        writer.add(teacher_force(model, chunk, top_k), len(chunk))
+        log(f"text windows {min(lo + batch, len(windows))}/{len(windows)}")
+    writer.flush()

@@ -1,0 +1,145 @@
+"""`redrafter bench` smoke tests (2 prompts, 8 tokens), the small-M linear patch, bench-core."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import redrafter_rs as rr
+from conftest import tiny_llama
+from redrafter_rs import bench, bench_core, fast_linear
+from redrafter_rs.cli import build_parser
+
+FIELDS = ("tokens_per_s", "speedup", "speedup_total", "tau", "greedy_equal", "time_split")
+
+
+class CharTokenizer:
+    """A stand-in tokenizer for the tiny model: one token per character (mod the vocabulary)."""
+
+    chat_template = None
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def __call__(self, text: str, return_tensors: str = "pt"):
+        ids = torch.tensor([[2 + ord(c) % (self.vocab_size - 2) for c in text]])
+        return type("Encoding", (), {"input_ids": ids})()
+
+
+def _check_outputs(report: dict, paths: dict) -> None:
+    for path in paths.values():
+        assert path.is_file() and path.stat().st_size > 0
+    saved = json.loads(paths["json"].read_text())
+    assert saved["methods"].keys() == report["methods"].keys()
+    for name, summary in saved["methods"].items():
+        assert all(f in summary for f in FIELDS), name
+        assert summary["greedy_equal"] == summary["prompts"], name  # lossless, every method
+    table = paths["md"].read_text()
+    assert all(f"| {name} |" in table for name in saved["methods"])
+
+
+def test_bench_tiny_model_jsonl(tmp_path):
+    model = tiny_llama(seed=3)
+    torch.manual_seed(0)
+    drafter = rr.RecurrentDrafter.for_target(model).eval()
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": f"prompt number {i}", "category": "ab"[i % 2]} for i in range(5)]
+    rows.append({"turns": ["a chat turn", "second turn"], "category": "b"})
+    prompts.write_text("\n".join(json.dumps(r) for r in rows))
+    config = bench.BenchConfig(
+        prompts=str(prompts),
+        num_prompts=3,
+        max_new_tokens=8,
+        grid=((1, 3), (2, 4)),
+        fast_linear=True,
+        oracle=True,
+        threads=1,
+    )
+    setup = bench.Setup(model, CharTokenizer(96), drafter, "random (test)")
+    report = bench.run_bench(config, setup, log=lambda s: None)
+    paths = bench.write_reports(report, tmp_path / "out")
+    _check_outputs(report, paths)
+    names = set(report["methods"])
+    assert {"hf_greedy", "plain_loop", "redrafter_2x4", "oracle_1x3", "hf_prompt_lookup"} <= names
+    assert "plain_loop+fl" in names and "hf_assisted" in report["skipped"]
+    assert report["methods"]["oracle_2x4"]["acceptance_per_depth"] == [1.0, 1.0, 1.0]
+    assert report["methods"]["hf_greedy"]["tau"] == pytest.approx(1.0)
+    assert set(report["by_category"]["plain_loop"]) == {"a", "b"}
+    assert {r["category"] for r in report["records"]} == {"a", "b"}
+    assert not fast_linear.is_patched(model)  # the bench unpatches what it patched
+
+
+def test_bench_default_model_two_prompts(smollm, tmp_path):
+    """The issue's smoke test: the default model, MT-Bench, 2 prompts, 8 new tokens."""
+    from redrafter_rs.assets import load_default_drafter
+
+    model, tok = smollm
+    setup = bench.Setup(model, tok, load_default_drafter(model), "default")
+    config = bench.BenchConfig(
+        num_prompts=2, max_new_tokens=8, grid=((2, 3),), fast_linear=True, threads=1
+    )
+    report = bench.run_bench(config, setup, log=lambda s: None)
+    paths = bench.write_reports(report, tmp_path)
+    _check_outputs(report, paths)
+    assert report["methods"]["plain_loop"]["time_split"]["target"] > 0.5
+    assert report["fast_linear"]["max_abs_logit_diff"] < 1e-3
+
+
+def test_cli_parses_bench_flags():
+    args = build_parser().parse_args(
+        ["bench", "--num-prompts", "20", "--grid", "1x4,4x5", "--threads", "1", "--fast-linear"]
+    )
+    assert args.grid == ((1, 4), (4, 5)) and args.num_prompts == 20 and args.fast_linear
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--grid", "4by5"])
+    assert bench.spread(list(range(80)), 4) == [0, 20, 40, 60]
+
+
+# ---- fast_linear ------------------------------------------------------------------------------
+@pytest.mark.parametrize("head_packed", [False, True])
+def test_fast_linear_keeps_greedy_outputs(head_packed):
+    if head_packed and not fast_linear.onednn_available():
+        pytest.skip("oneDNN is not available")
+    model = tiny_llama(seed=5)
+    torch.manual_seed(1)
+    drafter = rr.RecurrentDrafter.for_target(model).eval()
+    ids = torch.randint(2, 96, (1, 12))
+    with torch.no_grad():
+        ref_logits = model(torch.cat([ids, ids], 1)).logits
+    ref = model.generate(ids, do_sample=False, max_new_tokens=24)
+    config = fast_linear.FastLinearConfig(packed_min_features=64 if head_packed else 1 << 30)
+    assert fast_linear.patch_model(model, config) == 15  # 2 layers x 7 + the LM head
+    with torch.no_grad():
+        got_logits = model(torch.cat([ids, ids], 1)).logits  # M = 24 rows: the fast path
+    assert torch.allclose(got_logits, ref_logits, atol=1e-4)
+    assert torch.equal(model.generate(ids, do_sample=False, max_new_tokens=24), ref)
+    out = rr.generate(model, drafter, ids, max_new_tokens=24, beam_width=4, beam_length=4)
+    assert torch.equal(out.sequences, ref)  # verification trees of up to 13 nodes
+
+
+def test_fast_linear_patch_unpatch_round_trip():
+    model = tiny_llama(seed=6)
+    keys = {k: v.clone() for k, v in model.state_dict().items()}
+    linear = model.model.layers[0].mlp.up_proj
+    x = torch.randn(6, linear.in_features)
+    assert fast_linear.patch_model(model) == 15
+    assert fast_linear.patch_model(model) == 0  # idempotent
+    assert fast_linear.is_patched(model) and "forward" in vars(linear)
+    assert model.state_dict().keys() == keys.keys()  # the copies are not buffers
+    with torch.no_grad():
+        linear.weight.mul_(2.0)  # in place: the transposed copy must follow
+        assert torch.allclose(linear(x), x @ linear.weight.t(), atol=1e-5)
+        fast_linear.set_active(model, False)
+        assert torch.equal(linear(x), torch.nn.functional.linear(x, linear.weight))
+    assert fast_linear.unpatch_model(model) == 15
+    assert not fast_linear.is_patched(model) and "forward" not in vars(linear)
+
+
+# ---- bench-core -------------------------------------------------------------------------------
+def test_bench_core_rust_matches_reference_sizes():
+    rows = bench_core.run(with_step=False, sizes=((1, 4, 4), (8, 4, 4)))
+    assert [(r["B"], r["W"], r["L"]) for r in rows] == [(1, 4, 4), (8, 4, 4)]
+    assert all(r["rust_us"] > 0 and r["reference_us"] > 0 for r in rows)
+    assert "| 8 | 4 | 4 |" in bench_core.markdown(rows)

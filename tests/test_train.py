@@ -1,0 +1,293 @@
+"""Drafter distillation: teacher caches, the training loop, checkpoints/resume, DDP and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import redrafter_rs as rr
+from conftest import tiny_llama
+from redrafter_rs.selfdistill import (
+    SelfDistillConfig,
+    generate_cache,
+    greedy_record,
+    instruction_prompts,
+)
+from redrafter_rs.teacher import load_chunks, read_manifest, teacher_force
+from redrafter_rs.train import (
+    CHECKPOINT,
+    TrainConfig,
+    evaluate_tau,
+    export_drafter,
+    load_checkpoint,
+    train_drafter,
+)
+
+EOS = {1}
+
+
+def _prompts(n: int, seed: int, vocab: int = 96) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 9, (n,), generator=gen)
+    return [torch.randint(2, vocab, (int(k),), generator=gen).tolist() for k in lengths]
+
+
+def _tiny_cache(model, directory: Path, n: int = 24, max_new: int = 40) -> Path:
+    cfg = SelfDistillConfig(max_new_tokens=max_new, batch_size=8, top_k=8, chunk_positions=300)
+    generate_cache(model, _prompts(n, seed=0), directory, cfg, EOS, log=lambda s: None)
+    return directory
+
+
+def _config(**overrides) -> TrainConfig:
+    base = dict(
+        exit_dim=64,
+        draft_vocab_size=48,
+        beam_length=4,
+        steps=20,
+        batch_size=32,
+        lr=3e-3,
+        warmup_steps=5,
+        ckpt_every=0,
+        log_every=5,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(seed=3)
+
+
+@pytest.fixture(scope="module")
+def cache(model, tmp_path_factory) -> Path:
+    return _tiny_cache(model, tmp_path_factory.mktemp("teacher"))
+
+
+# ---- teacher outputs --------------------------------------------------------------------------
+def test_recorded_greedy_matches_generate_and_teacher_forcing(model):
+    prompts = _prompts(4, seed=5)
+    records = greedy_record(model, prompts, 12, EOS, top_k=8)
+    for prompt, rec in zip(prompts, records, strict=True):
+        ref = model.generate(
+            torch.tensor([prompt]), do_sample=False, max_new_tokens=12, eos_token_id=1
+        )
+        answer = ref[0, len(prompt) :].tolist()
+        assert rec.next_token.tolist() == answer
+        assert rec.topk_ids[:, 0].tolist() == answer  # greedy = the teacher's top-1
+        # teacher forcing over prompt + answer sees the same hidden states and logits
+        forced = teacher_force(model, [prompt + answer], top_k=8, start=[len(prompt) - 1])[0]
+        assert forced.next_token.tolist() == answer[: len(forced)]
+        torch.testing.assert_close(
+            forced.hidden.float(), rec.hidden[: len(forced)].float(), atol=2e-2, rtol=0
+        )
+
+
+def test_cache_chunks_resume_and_offsets(model, tmp_path):
+    cfg = SelfDistillConfig(max_new_tokens=10, batch_size=4, top_k=8, chunk_positions=30)
+    prompts = _prompts(12, seed=1)
+    generate_cache(model, prompts[:8], tmp_path, cfg, EOS, log=lambda s: None)
+    assert read_manifest(tmp_path).items_done == 8
+    total = generate_cache(model, prompts, tmp_path, cfg, EOS, log=lambda s: None)  # resumes
+    manifest = read_manifest(tmp_path)
+    assert manifest.items_done == 12 and len(manifest.chunks) >= 2
+    data = load_chunks(tmp_path, model)
+    offsets = data["seq_offsets"]
+    assert int(offsets[-1]) == total == data["hidden"].shape[0]
+    assert len(offsets) == 13  # one sequence per prompt
+    assert data["hidden"].dtype == torch.float16 and data["topk_ids"].shape == (total, 8)
+    with pytest.raises(rr.RedrafterError, match="different target"):
+        load_chunks(tmp_path, tiny_llama(seed=4))
+
+
+def test_instruction_prompts_are_balanced_and_exclude_mt_bench():
+    prompts = instruction_prompts(400, seed=0)
+    assert len(set(prompts)) == 400
+    assert any("Python function" in p for p in prompts) and any("Solve" in p for p in prompts)
+    try:
+        from redrafter_rs.data import mt_bench_questions
+
+        bench = {q["turns"][0] for q in mt_bench_questions()}
+    except rr.RedrafterError:
+        pytest.skip("MT-Bench package not installed")
+    assert not bench & set(prompts)
+
+
+# ---- training ---------------------------------------------------------------------------------
+def test_training_lowers_loss_and_raises_tau(model, cache, tmp_path):
+    """A few hundred teacher positions: the drafter learns the tiny target's own answers."""
+    cfg = _config(steps=200, exit_dim=128, draft_vocab_size=64, batch_size=64, lr=1e-2)
+    result = train_drafter(model, cache, tmp_path, cfg, progress=False)
+    history = [h for h in result.history if "loss" in h]
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"]
+    assert all(a > 0.2 for a in history[-1]["acc_per_depth"]), history[-1]
+    trained = rr.RecurrentDrafter.from_pretrained(tmp_path / "drafter", target=model)
+    assert trained.config.draft_vocab_size == 64
+    torch.manual_seed(0)
+    untrained = rr.RecurrentDrafter.for_target(model, exit_dim=128).eval()
+    # the prompts the cache was distilled from (a random tiny target does not generalise)
+    prompts = [torch.tensor([p]) for p in _prompts(24, seed=0)[:4]]
+    tau_trained = evaluate_tau(model, trained, prompts, 4, 4, max_new_tokens=24)
+    tau_untrained = evaluate_tau(model, untrained, prompts, 4, 4, max_new_tokens=24)
+    assert tau_trained > tau_untrained + 0.5, (tau_trained, tau_untrained)
+
+
+def test_resume_matches_uninterrupted_run(model, cache, tmp_path):
+    cfg = _config(steps=16, ckpt_every=4)
+    whole = train_drafter(model, cache, tmp_path / "a", cfg, progress=False)
+    first = train_drafter(model, cache, tmp_path / "b", cfg, stop_after=7, progress=False)
+    assert first.step == 7 and load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 7
+    second = train_drafter(model, cache, tmp_path / "b", cfg, resume=True, progress=False)
+    assert second.step == 16
+    for name, tensor in whole.drafter.state_dict().items():
+        assert torch.equal(tensor, second.drafter.state_dict()[name]), name
+
+
+def test_bad_checkpoints_give_clear_errors(model, cache, tmp_path):
+    cfg = _config(steps=4)
+    train_drafter(model, cache, tmp_path, cfg, progress=False)
+    with pytest.raises(rr.RedrafterError, match="does not match this run: exit_dim"):
+        train_drafter(model, cache, tmp_path, _config(steps=8, exit_dim=32), resume=True)
+    with pytest.raises(rr.RedrafterError, match="different target"):
+        train_drafter(tiny_llama(seed=4), cache, tmp_path, cfg, resume=True)
+    path = tmp_path / CHECKPOINT
+    path.write_bytes(path.read_bytes()[:200])  # torn file
+    with pytest.raises(rr.RedrafterError, match="corrupt or unreadable"):
+        train_drafter(model, cache, tmp_path, cfg, resume=True)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(rr.RedrafterError, match="corrupt or unreadable"):
+        load_checkpoint(path)
+
+
+def test_export_half_precision(model, cache, tmp_path):
+    train_drafter(model, cache, tmp_path / "run", _config(steps=4), progress=False)
+    export_drafter(tmp_path / "run", tmp_path / "export", dtype=torch.float16)
+    loaded = rr.RecurrentDrafter.from_pretrained(tmp_path / "export", target=model)
+    ref = rr.RecurrentDrafter.from_pretrained(tmp_path / "run" / "drafter", target=model)
+    torch.testing.assert_close(loaded.head.weight, ref.head.weight, atol=1e-3, rtol=1e-3)
+    assert torch.equal(loaded.draft_to_target, ref.draft_to_target)
+
+
+# ---- data parallel ----------------------------------------------------------------------------
+_DDP_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import tiny_llama
+from redrafter_rs.train import TrainConfig, train_drafter
+torch.set_num_threads(1)
+cfg = TrainConfig(exit_dim=64, draft_vocab_size=48, beam_length=4, steps=6, batch_size=16,
+                  warmup_steps=2, ckpt_every=0, log_every=3)
+out = train_drafter(tiny_llama(seed=3), {cache!r}, {out!r}, cfg, progress=False)
+rank = int(os.environ["RANK"])
+torch.save(out.drafter.state_dict(), os.path.join({out!r}, f"rank{{rank}}.pt"))
+"""
+
+
+def test_torchrun_two_cpu_ranks_end_identical(cache, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    tests = str(Path(__file__).parent)
+    script.write_text(
+        textwrap.dedent(_DDP_SCRIPT.format(tests=tests, cache=str(cache), out=str(tmp_path)))
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd.append(str(script))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(tmp_path / "rank0.pt")
+    b = torch.load(tmp_path / "rank1.pt")
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["data"]["world_size"] == 2 and state["step"] == 6
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+        assert torch.equal(a[name], state["drafter"][name]), name  # rank 0 wrote the checkpoint
+    assert state["history"][-1]["loss"] < state["history"][0]["loss"]
+
+
+# ---- the command line -------------------------------------------------------------------------
+def test_cli_train_builds_caches_trains_resumes_and_exports(tmp_path):
+    from redrafter_rs.cli import main
+    from redrafter_rs.models import DEFAULT_MODEL, cache_dir
+
+    tok_dir = cache_dir() / "models" / DEFAULT_MODEL
+    if not (tok_dir / "tokenizer.json").is_file():
+        pytest.skip("the default model's tokenizer is not cached yet")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    target = tiny_llama(seed=3, vocab_size=len(tok))
+    target.save_pretrained(tmp_path / "target")
+    tok.save_pretrained(tmp_path / "target")
+    (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 12)
+    chat = {
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    }
+    (tmp_path / "chat.jsonl").write_text(json.dumps(chat) + "\n")
+    common = ["train", "--model", str(tmp_path / "target"), "--cache", str(tmp_path / "cache")]
+    common += ["--instructions", "6", "--max-new-tokens", "8", "--gen-batch", "3"]
+    common += ["--data", str(tmp_path / "text.txt"), str(tmp_path / "chat.jsonl")]
+    common += ["--window", "64"]
+    common += ["--out", str(tmp_path / "run"), "--exit-dim", "64", "--draft-vocab", "256"]
+    common += ["--batch-size", "8", "--steps", "6", "--log-every", "2", "--threads", "1"]
+    assert main(common + ["--stop-after", "3"]) == 0
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["step"] == 3
+    assert main(common + ["--resume", "--export", str(tmp_path / "export")]) == 0
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["step"] == 6
+    drafter = rr.RecurrentDrafter.from_pretrained(tmp_path / "export", target=target)
+    assert drafter.head.weight.shape == (256, 64)
+    caches = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert caches[0].startswith("instructions-n6-seed0") and caches[1].startswith("text-")
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(cache, tmp_path):
+    script = tmp_path / "long_train.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from conftest import tiny_llama
+        from redrafter_rs.train import TrainConfig, train_drafter
+        torch.set_num_threads(1)
+        cfg = TrainConfig(exit_dim=64, draft_vocab_size=48, beam_length=4, steps=10**6,
+                          batch_size=16, ckpt_every=5, log_every=5)
+        out = train_drafter(tiny_llama(seed=3), {str(cache)!r}, {str(tmp_path)!r}, cfg,
+                            progress=False, log=print)
+        sys.exit(130 if out.interrupted else 0)
+        """)
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / CHECKPOINT).is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["step"] >= 5 and f"interrupted at step {state['step']}" in out
+    drafter = rr.RecurrentDrafter.from_pretrained(tmp_path / "drafter")
+    assert torch.equal(drafter.head.weight, state["drafter"]["head.weight"])
+
+
+# ---- the shipped drafter ----------------------------------------------------------------------
+def test_shipped_drafter_is_small_trained_and_lossless(smollm, mt_bench_prompts):
+    from redrafter_rs.assets import DEFAULT_DRAFTER, load_default_drafter
+
+    weights = DEFAULT_DRAFTER / "model.safetensors"
+    assert weights.is_file() and weights.stat().st_size <= 20 * 2**20
+    assert (DEFAULT_DRAFTER / "MODEL_CARD.md").is_file()
+    model, _ = smollm
+    drafter = load_default_drafter(model)
+    assert drafter.config.draft_vocab_size == 8192
+    ids = mt_bench_prompts[1]
+    out = rr.generate(model, drafter, ids, max_new_tokens=32, beam_width=4, beam_length=4)
+    ref = model.generate(ids, do_sample=False, max_new_tokens=32)
+    assert torch.equal(out.sequences, ref)
+    assert out.stats.tau > 1.3  # an untrained drafter stays at ~1.0
