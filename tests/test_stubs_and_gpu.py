@@ -20,7 +20,11 @@ def _stub_names() -> dict[str, set[str]]:
     names: dict[str, set[str]] = {}
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
-            names[node.name] = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+            names[node.name] = {
+                n.name
+                for n in node.body
+                if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")
+            }
         elif isinstance(node, ast.FunctionDef):
             names[node.name] = set()
         elif isinstance(node, ast.AnnAssign):
