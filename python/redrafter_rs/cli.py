@@ -13,8 +13,10 @@ from redrafter_rs.errors import RedrafterError
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--beam-width", "-W", type=int, default=4)
-    p.add_argument("--beam-length", "-L", type=int, default=5)
+    # 1x3 measured best on this CPU with the shipped drafter (benchmarks/README.md): the target's
+    # BLAS gets much slower from 4 tokens per forward on, so small trees win here.
+    p.add_argument("--beam-width", "-W", type=int, default=1)
+    p.add_argument("--beam-length", "-L", type=int, default=3)
     p.add_argument("--drafter", default=None, help="drafter directory (default: the shipped one)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
