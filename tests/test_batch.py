@@ -10,7 +10,7 @@ from transformers import TextIteratorStreamer
 
 import redrafter_rs as rr
 from conftest import tiny_llama
-from helpers import NoisyOracleDrafter, OracleDrafter
+from helpers import NoisyOracleDrafter, OracleDrafter, left_pad
 from redrafter_rs import RedrafterError
 
 
@@ -18,16 +18,6 @@ def _prompts(seed: int, n: int, vocab: int, lo: int = 1, hi: int = 16) -> list[t
     gen = torch.Generator().manual_seed(seed)
     lens = torch.randint(lo, hi, (n,), generator=gen).tolist()
     return [torch.randint(2, vocab, (t,), generator=gen) for t in lens]
-
-
-def _left_pad(prompts: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
-    mask = torch.zeros(len(prompts), T, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p) :] = p
-        mask[i, T - len(p) :] = 1
-    return ids, mask
 
 
 def _alone(model, prompt: torch.Tensor, n: int) -> list[int]:
@@ -46,7 +36,7 @@ def test_batch_greedy_rows_equal_generate_alone(B, compact_waste):
     model = tiny_llama(seed=5)
     prompts = _prompts(B, B, model.config.vocab_size)
     refs = [_alone(model, p, 30) for p in prompts]
-    ids, mask = _left_pad(prompts, pad=1)
+    ids, mask = left_pad(prompts, pad=1)
     drafter = NoisyOracleDrafter(
         [torch.cat([p, torch.tensor(r)]) for p, r in zip(prompts, refs, strict=True)],
         model.config.vocab_size,
@@ -76,7 +66,7 @@ def test_batch_matches_generate_on_the_padded_batch_with_eos_padding():
     with torch.no_grad():  # make EOS (id 1) likely so rows finish at different times
         model.lm_head.weight[1] += 0.35 * model.model.norm.weight.sign()
     prompts = _prompts(11, 6, model.config.vocab_size, lo=2, hi=9)
-    ids, mask = _left_pad(prompts, pad=1)
+    ids, mask = left_pad(prompts, pad=1)
     want = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=40)
     torch.manual_seed(0)
     drafter = rr.RecurrentDrafter.for_target(model)
@@ -109,7 +99,7 @@ def test_text_iterator_streamer_receives_the_text(smollm):
 
 def test_streamer_refuses_batches(tiny_model, tiny_drafter):
     streamer = TextIteratorStreamer(tokenizer=None)
-    ids, mask = _left_pad(_prompts(0, 2, 96), 1)
+    ids, mask = left_pad(_prompts(0, 2, 96), 1)
     with pytest.raises(RedrafterError, match="batch size 1"):
         rr.generate(tiny_model, tiny_drafter, ids, mask, streamer=streamer)
 
@@ -207,7 +197,7 @@ def test_smollm2_batch_of_4_rows_equal_generate_alone(smollm):
     texts = [chat_prompt(tok, q["turns"][0]) for q in mt_bench_questions()[5:45:10]]
     prompts = [tok(t, return_tensors="pt").input_ids[0] for t in texts]
     refs = [_alone(model, p, 24) for p in prompts]
-    ids, mask = _left_pad(prompts, pad=2)
+    ids, mask = left_pad(prompts, pad=2)
     torch.manual_seed(0)
     drafter = rr.RecurrentDrafter.for_target(model).eval()
     out = rr.generate(model, drafter, ids, mask, max_new_tokens=24, beam_width=4, beam_length=4)

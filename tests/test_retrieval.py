@@ -27,6 +27,7 @@ from test_sampling import (
 
 import redrafter_rs as rr
 from conftest import tiny_llama
+from helpers import left_pad
 from redrafter_rs import RedrafterError, RetrievalConfig, RetrievalDrafter
 from redrafter_rs.cli import main as cli_main
 
@@ -98,21 +99,11 @@ def test_greedy_equals_generate(model, rnn, budget):
         assert set(out.sources) == ({"retrieval"} if drafter is None else {"retrieval", "rnn"})
 
 
-def _left_pad(prompts: list[torch.Tensor], pad: int = 1):
-    T = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
-    mask = torch.zeros(len(prompts), T, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p) :] = p
-        mask[i, T - len(p) :] = 1
-    return ids, mask
-
-
 @pytest.mark.parametrize("with_rnn", [False, True])
 def test_batch_left_padded_rows_equal_generate_alone(model, rnn, with_rnn):
     prompts = _prompts(model)
     refs = [_reference(model, p)[0, len(p) :].tolist() for p in prompts]
-    ids, mask = _left_pad(prompts)
+    ids, mask = left_pad(prompts)
     out = rr.generate(
         model, rnn if with_rnn else None, ids, mask, max_new_tokens=NEW,
         retrieval=RetrievalConfig(min_match=1),
