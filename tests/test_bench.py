@@ -64,6 +64,12 @@ def test_bench_tiny_model_jsonl(tmp_path):
     names = set(report["methods"])
     assert {"hf_greedy", "plain_loop", "redrafter_2x4", "oracle_1x3", "hf_prompt_lookup"} <= names
     assert "plain_loop+fl" in names and "hf_assisted" in report["skipped"]
+    assert {"retrieval_1x8", "redrafter+retrieval_1x3", "redrafter+retrieval_2x4"} <= names
+    both = report["methods"]["redrafter+retrieval_2x4"]["sources"]
+    assert set(both) == {"retrieval", "rnn"} and both["rnn"]["steps"] > 0
+    alone = report["methods"]["retrieval_1x8"]
+    assert set(alone["sources"]) == {"retrieval"} and alone["tau"] >= 1.0
+    assert "τ of its own beams" in paths["md"].read_text()
     assert report["methods"]["oracle_2x4"]["acceptance_per_depth"] == [1.0, 1.0, 1.0]
     assert report["methods"]["hf_greedy"]["tau"] == pytest.approx(1.0)
     assert set(report["by_category"]["plain_loop"]) == {"a", "b"}
@@ -92,6 +98,9 @@ def test_cli_parses_bench_flags():
         ["bench", "--num-prompts", "20", "--grid", "1x4,4x5", "--threads", "1", "--fast-linear"]
     )
     assert args.grid == ((1, 4), (4, 5)) and args.num_prompts == 20 and args.fast_linear
+    assert args.retrieval and args.retrieval_grid == bench.DEFAULT_RETRIEVAL_GRID
+    args = build_parser().parse_args(["bench", "--no-retrieval", "--retrieval-grid", "2x6"])
+    assert not args.retrieval and args.retrieval_grid == ((2, 6),)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--grid", "4by5"])
     assert bench.spread(list(range(80)), 4) == [0, 20, 40, 60]

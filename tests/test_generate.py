@@ -120,3 +120,14 @@ def test_smollm2_perfect_drafter_equals_generate(smollm, mt_bench_prompts):
         out = rr.generate(model, oracle, ids, max_new_tokens=48, beam_width=4, beam_length=5)
         assert torch.equal(out.sequences, want)
         assert out.stats.tau > 4.0, out.stats.accepted_per_step
+
+
+def test_cli_demo_with_retrieval_and_fast_linear(capsys):
+    """`redrafter demo` end to end (default model, shipped drafter): output identical to
+    model.generate with retrieval drafts merged and the small-M kernels on."""
+    from redrafter_rs.cli import main
+
+    argv = ["demo", "--max-new-tokens", "12", "--retrieval", "--fast-linear", "--threads", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "identical    : True" in out and "+ retrieval drafts, fast-linear kernels" in out

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 DEFAULT_GRID = ((1, 3), (1, 4), (2, 4), (4, 4), (4, 5))  # small trees: see benchmarks/README.md
+DEFAULT_RETRIEVAL_GRID = ((1, 8),)  # retrieval alone: one long candidate, like prompt lookup
 PHASES = ("drafter", "target", "rust", "cache", "other")
 
 
@@ -50,6 +51,8 @@ class BenchConfig:
     num_prompts: int = 80  # spread evenly over the prompt set
     max_new_tokens: int = 128
     grid: tuple[tuple[int, int], ...] = DEFAULT_GRID  # ReDrafter (W, L) points
+    retrieval: bool = True  # also retrieval_WxL (alone) and redrafter+retrieval_WxL (grid)
+    retrieval_grid: tuple[tuple[int, int], ...] = DEFAULT_RETRIEVAL_GRID  # retrieval alone
     methods: tuple[str, ...] = ()  # fnmatch patterns of methods to run; () = all
     prompt_lookup_tokens: int = 10  # HF `prompt_lookup_num_tokens`
     assistant: str | None = None  # same-tokenizer draft model dir for HF assisted generation
@@ -199,21 +202,30 @@ def _hf_runner(model: nn.Module, n: int, **kwargs) -> Callable:
     return run
 
 
-def _engine_runner(model: nn.Module, drafter: nn.Module, n: int, W: int, L: int) -> Callable:
+def _engine_runner(
+    model: nn.Module, drafter: nn.Module | None, n: int, W: int, L: int, retrieval=None
+) -> Callable:
+    """`rr.generate` at (W, L); `retrieval` (a RetrievalConfig) merges retrieval drafts."""
     from redrafter_rs.generate import generate
 
     def run(ids: torch.Tensor) -> tuple[list[int], dict]:
-        out = generate(model, drafter, ids, max_new_tokens=n, beam_width=W, beam_length=L)
+        out = generate(
+            model, drafter, ids, max_new_tokens=n, beam_width=W, beam_length=L, retrieval=retrieval
+        )
         stats = out.stats
         hist = [0] * L
         for a in stats.accepted_per_step:
             hist[a] += 1
-        return out.sequences[0, ids.shape[1] :].tolist(), {
+        info = {
             "steps": stats.steps,
             "verified_tokens": sum(stats.accepted_per_step) + stats.steps,
             "accepted_hist": hist,  # steps that accepted 0, 1, ..., L-1 draft tokens
             "phases_s": _phases(stats.time_s),
         }
+        if out.sources:
+            info["sources"] = {k: {"steps": v.steps, "matched": v.matched, "wins": v.wins}
+                               for k, v in out.sources.items()}  # fmt: skip
+        return out.sequences[0, ids.shape[1] :].tolist(), info
 
     return run
 
@@ -242,6 +254,8 @@ def build_methods(config: BenchConfig, setup: Setup) -> tuple[list[Method], dict
             skipped[name] = "no drafter for this model"
             continue
         methods.append(Method(name, _engine_runner(model, setup.drafter, n, W, L), shape=(W, L)))
+    if config.retrieval:
+        methods += _retrieval_methods(config, setup)
     if config.oracle:
         oracle = OracleDrafter(model.get_input_embeddings().weight.shape[0])
         for W, L in config.grid:
@@ -259,6 +273,27 @@ def build_methods(config: BenchConfig, setup: Setup) -> tuple[list[Method], dict
         methods += [_fast_variant(m) for m in methods]
     keep = [m for m in methods if m.name == "hf_greedy" or _selected(m.name, config.methods)]
     return keep, skipped
+
+
+def _retrieval_methods(config: BenchConfig, setup: Setup) -> list[Method]:
+    """retrieval_WxL (retrieval drafts alone, prompt + output so far) for `retrieval_grid`, and
+    redrafter+retrieval_WxL (both sources in one tree, adaptive budget) for `grid`."""
+    from redrafter_rs.retrieval import RetrievalConfig
+
+    model, n = setup.model, config.max_new_tokens
+    methods = [
+        Method(
+            f"retrieval_{W}x{L}",
+            _engine_runner(model, None, n, W, L, RetrievalConfig()),
+            shape=(W, L),
+        )
+        for W, L in config.retrieval_grid
+    ]
+    if setup.drafter is not None:
+        for W, L in config.grid:
+            run = _engine_runner(model, setup.drafter, n, W, L, RetrievalConfig())
+            methods.append(Method(f"redrafter+retrieval_{W}x{L}", run, shape=(W, L)))
+    return methods
 
 
 class OracleDrafter(nn.Module):
@@ -479,10 +514,31 @@ def _method_summary(recs: list[dict], base: dict[int, dict]) -> dict:
         hist = [sum(col) for col in zip(*hists, strict=True)]
         n = max(sum(hist), 1)
         out["acceptance_per_depth"] = [sum(hist[d:]) / n for d in range(1, len(hist))]
+    sources = [r["sources"] for r in recs if "sources" in r]
+    if sources:
+        out["sources"] = _source_summary(sources)
     phases = [r["phases_s"] for r in recs if "phases_s" in r]
     if phases:
         wall = sum(r["time_s"] for r in recs if "phases_s" in r)
         out["time_split"] = {p: sum(ph[p] for ph in phases) / wall for p in PHASES}
+    return out
+
+
+def _source_summary(per_record: list[dict]) -> dict:
+    """Per draft source, over a method's records: steps it proposed in, draft tokens of the
+    accepted path its own beams held (`matched`), τ it would have had alone on those steps,
+    and the share of steps where it held the whole accepted path (`wins`)."""
+    out = {}
+    for name in sorted({k for rec in per_record for k in rec}):
+        steps = sum(rec[name]["steps"] for rec in per_record if name in rec)
+        matched = sum(rec[name]["matched"] for rec in per_record if name in rec)
+        wins = sum(rec[name]["wins"] for rec in per_record if name in rec)
+        out[name] = {
+            "steps": steps,
+            "matched": matched,
+            "tau": (matched + steps) / steps if steps else None,
+            "win_rate": wins / steps if steps else None,
+        }
     return out
 
 
@@ -589,8 +645,25 @@ def markdown_report(report: dict) -> str:
             f"`+fl`: small-M linear kernels on {fl['patched_layers']} layers; max |Δlogit| vs "
             f"F.linear {fl.get('max_abs_logit_diff', float('nan')):.2e}.",
         ]
-    lines += ["", category_table(report)]
+    lines += ["", source_table(report), category_table(report)]
     return "\n".join(lines) + "\n"
+
+
+def source_table(report: dict) -> str:
+    """Per draft source of the multi-source methods: steps it proposed in, the τ it would have
+    had alone on them, and how often it held the whole accepted path."""
+    rows = [
+        f"| {name} | {src} | {v['steps']} | {_fmt(v['tau'])} | {_fmt(v['win_rate'])} |"
+        for name, s in report["methods"].items()
+        for src, v in (s.get("sources") or {}).items()
+    ]
+    if not rows:
+        return ""
+    head = (
+        "| method | source | steps proposed | τ of its own beams | whole path held |\n"
+        "|---|---|---|---|---|\n"
+    )
+    return head + "\n".join(rows) + "\n"
 
 
 def category_table(report: dict) -> str:
@@ -672,6 +745,14 @@ def add_parser(sub) -> None:
     p.add_argument("--num-prompts", type=int, default=d.num_prompts)
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--grid", type=parse_grid, default=d.grid, help="W x L points, e.g. 1x4,4x5")
+    p.add_argument(
+        "--retrieval-grid", type=parse_grid, default=d.retrieval_grid,
+        help="W x L points of retrieval_WxL (retrieval drafts alone)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-retrieval", dest="retrieval", action="store_false",
+        help="skip retrieval_WxL and redrafter+retrieval_WxL",
+    )  # fmt: skip
     p.add_argument("--methods", default="", help="comma-separated fnmatch patterns to run")
     p.add_argument("--prompt-lookup-tokens", type=int, default=d.prompt_lookup_tokens)
     p.add_argument("--assistant", default=None, help="same-tokenizer draft model directory")
@@ -695,6 +776,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         num_prompts=args.num_prompts,
         max_new_tokens=args.max_new_tokens,
         grid=args.grid,
+        retrieval=args.retrieval,
+        retrieval_grid=args.retrieval_grid,
         methods=tuple(p for p in args.methods.split(",") if p),
         prompt_lookup_tokens=args.prompt_lookup_tokens,
         assistant=args.assistant,

@@ -19,6 +19,24 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-length", "-L", type=int, default=3)
     p.add_argument("--drafter", default=None, help="drafter directory (default: the shipped one)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--retrieval", action="store_true",
+        help="also draft from the prompt and the text so far (suffix automaton), in the same tree",
+    )  # fmt: skip
+    p.add_argument(
+        "--fast-linear", action="store_true",
+        help="small-M CPU kernels for the target's linear layers (logits differ by ~1e-5)",
+    )  # fmt: skip
+
+
+def _spec_kwargs(args: argparse.Namespace) -> dict:
+    """rr.generate keyword arguments from the shared flags."""
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "beam_width": args.beam_width,
+        "beam_length": args.beam_length,
+        "retrieval": True if args.retrieval else None,
+    }
 
 
 def _load(args: argparse.Namespace):
@@ -29,6 +47,10 @@ def _load(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok = load_default_model()
+    if args.fast_linear:
+        from redrafter_rs import fast_linear
+
+        fast_linear.patch_model(model)  # M = 1 (plain decoding) keeps F.linear, bit for bit
     if args.drafter:
         drafter = RecurrentDrafter.from_pretrained(args.drafter, target=model)
         args.drafter_label = args.drafter
@@ -59,16 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model.generate(ids, do_sample=False, max_new_tokens=4)
     rr.generate(model, drafter, ids, max_new_tokens=4)
     plain, t_plain = _timed(lambda: model.generate(ids, do_sample=False, max_new_tokens=n))
-    spec, t_spec = _timed(
-        lambda: rr.generate(
-            model,
-            drafter,
-            ids,
-            max_new_tokens=n,
-            beam_width=args.beam_width,
-            beam_length=args.beam_length,
-        )
-    )
+    spec, t_spec = _timed(lambda: rr.generate(model, drafter, ids, **_spec_kwargs(args)))
     new_plain = plain.shape[1] - ids.shape[1]
     new_spec = spec.sequences.shape[1] - ids.shape[1]
     same = torch.equal(plain, spec.sequences)
@@ -82,6 +95,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"drafter: {args.drafter_label} "
         f"({sum(p.numel() for p in drafter.parameters()) / 1e6:.1f}M params), "
         f"W={args.beam_width}, L={args.beam_length}"
+        + (", + retrieval drafts" if args.retrieval else "")
+        + (", fast-linear kernels" if args.fast_linear else "")
     )
     print(
         f"plain greedy : {new_plain / t_plain:7.1f} tokens/s ({new_plain} tokens, {t_plain:.2f} s)"
@@ -104,14 +119,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, tok, drafter = _load(args)
     text = chat_prompt(tok, args.prompt) if args.chat else args.prompt
     ids = tok(text, return_tensors="pt").input_ids
-    out = rr.generate(
-        model,
-        drafter,
-        ids,
-        max_new_tokens=args.max_new_tokens,
-        beam_width=args.beam_width,
-        beam_length=args.beam_length,
-    )
+    out = rr.generate(model, drafter, ids, **_spec_kwargs(args))
     print(tok.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True))
     print(f"[tau {out.stats.tau:.2f}, {out.stats.steps} steps]", file=sys.stderr)
     return 0
