@@ -131,3 +131,18 @@ def test_cli_demo_with_retrieval_and_fast_linear(capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "identical    : True" in out and "+ retrieval drafts, fast-linear kernels" in out
+
+
+def test_request_context_grows_incrementally():
+    """Context-aware drafters get prompt + emitted tokens from a buffer grown by doubling."""
+    from redrafter_rs.engine import GenerationStats, Request
+    from redrafter_rs.sampling import GREEDY
+
+    req = Request("r", list(range(70)), GREEDY, 500, None, GenerationStats())
+    assert req.context().tolist() == list(range(70))
+    first = req._context
+    for step in range(40):
+        req.tokens.extend([1000 + step] * (step % 5))
+        ctx = req.context()
+        assert ctx.dtype == torch.int64 and ctx.tolist() == req.prompt + req.tokens
+    assert req._context is not first and len(req._context) >= len(req.prompt) + len(req.tokens)

@@ -94,10 +94,29 @@ class Request:
     stats: GenerationStats
     tokens: list[int] = field(default_factory=list)  # emitted so far
     finish_reason: str | None = None  # "eos", "length" or "cancelled"
+    _context: np.ndarray | None = field(default=None, repr=False)  # prompt + tokens, grown x2
+    _filled: int = field(default=0, repr=False)
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    def context(self) -> torch.Tensor:
+        """Prompt + emitted tokens as a host int64 tensor [T + n]: a view of a buffer that grows
+        by doubling, so a step costs O(new tokens), not O(context)."""
+        P, n = len(self.prompt), len(self.prompt) + len(self.tokens)
+        if self._context is None or n > len(self._context):
+            grown = np.empty(max(2 * n, 64), dtype=np.int64)
+            if self._context is not None:
+                grown[: self._filled] = self._context[: self._filled]
+            self._context = grown
+        if self._filled < P:
+            self._context[:P] = self.prompt
+            self._filled = P
+        if self._filled < n:
+            self._context[self._filled : n] = self.tokens[self._filled - P :]
+            self._filled = n
+        return torch.from_numpy(self._context[:n])
 
 
 class _Timer:
@@ -303,14 +322,14 @@ class SpeculativeGenerator:
 
         Drafter protocol: `draft(hidden, root, *, embed, beam_width, beam_length, context)`.
         A drafter with `uses_context = True` also receives `context` (prompt + emitted tokens
-        per row, root last) and `request_ids`; optional hooks `observe(request_ids,
-        acceptance)` after each step and `release(request_id)` when a request ends.
+        per row, root last, as host int64 tensors: views valid during the call) and
+        `request_ids`; optional hooks `observe(request_ids, acceptance)` after each step and
+        `release(request_id)` when a request ends.
         """
         extra = {}
         context = None
         if getattr(self.drafter, "uses_context", False):
-            device = self.target.device
-            context = [torch.tensor(r.prompt + r.tokens, device=device) for r in self._active]
+            context = [r.context() for r in self._active]
             extra["request_ids"] = [r.id for r in self._active]
         return self.drafter.draft(
             self._hidden,
