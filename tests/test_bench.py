@@ -128,6 +128,32 @@ def test_fast_linear_keeps_greedy_outputs(head_packed):
     assert torch.equal(out.sequences, ref)  # verification trees of up to 13 nodes
 
 
+def test_fast_linear_pads_small_m_when_asked():
+    """pad_small=True: 2-3 rows go through the kernels on zero-padded rows (same values to
+    ~1e-6, greedy outputs unchanged with 1x3 trees); one row keeps F.linear bit for bit."""
+    model = tiny_llama(seed=7)
+    torch.manual_seed(2)
+    drafter = rr.RecurrentDrafter.for_target(model).eval()
+    ids = torch.randint(2, 96, (1, 10))
+    ref = model.generate(ids, do_sample=False, max_new_tokens=20)
+    config = fast_linear.FastLinearConfig(pad_small=True)
+    assert fast_linear.patch_model(model, config) == 15
+    assert fast_linear.padded_layers(model) == 15
+    linear = model.model.layers[1].mlp.down_proj
+    with torch.no_grad():
+        for rows in (1, 2, 3):
+            x = torch.randn(1, rows, linear.in_features)
+            plain = torch.nn.functional.linear(x, linear.weight, linear.bias)
+            got = linear(x)
+            assert got.shape == plain.shape
+            assert torch.equal(got, plain) if rows == 1 else torch.allclose(got, plain, atol=1e-5)
+    out = rr.generate(model, drafter, ids, max_new_tokens=20, beam_width=1, beam_length=3)
+    assert torch.equal(out.sequences, ref)
+    fast_linear.unpatch_model(model)
+    assert fast_linear.patch_model(model, fast_linear.FastLinearConfig(pad_small=False)) == 15
+    assert fast_linear.padded_layers(model) == 0
+
+
 def test_fast_linear_patch_unpatch_round_trip():
     model = tiny_llama(seed=6)
     keys = {k: v.clone() for k, v in model.state_dict().items()}

@@ -124,13 +124,15 @@ def test_smollm2_perfect_drafter_equals_generate(smollm, mt_bench_prompts):
 
 def test_cli_demo_with_retrieval_and_fast_linear(capsys):
     """`redrafter demo` end to end (default model, shipped drafter): output identical to
-    model.generate with retrieval drafts merged and the small-M kernels on."""
-    from redrafter_rs.cli import main
+    model.generate with retrieval drafts merged (the default) and the small-M kernels on."""
+    from redrafter_rs.cli import build_parser, main
 
-    argv = ["demo", "--max-new-tokens", "12", "--retrieval", "--fast-linear", "--threads", "1"]
+    argv = ["demo", "--max-new-tokens", "12", "--fast-linear", "--threads", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "identical    : True" in out and "+ retrieval drafts, fast-linear kernels" in out
+    assert "shipped (smollm2-135m-instruct-drafter)" in out
+    assert not build_parser().parse_args(["demo", "--no-retrieval"]).retrieval
 
 
 def test_request_context_grows_incrementally():

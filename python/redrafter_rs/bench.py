@@ -444,7 +444,11 @@ def _patch(model: nn.Module) -> dict:
 
     count = fast_linear.patch_model(model)
     fast_linear.set_active(model, False)
-    return {"patched_layers": count, "config": asdict(fast_linear.FastLinearConfig())}
+    return {
+        "patched_layers": count,
+        "padded_layers": fast_linear.padded_layers(model),  # M in [2, min_rows) padded up
+        "config": asdict(fast_linear.FastLinearConfig()),
+    }
 
 
 @torch.no_grad()
@@ -642,7 +646,8 @@ def markdown_report(report: dict) -> str:
     if report["fast_linear"]:
         fl = report["fast_linear"]
         lines += [
-            f"`+fl`: small-M linear kernels on {fl['patched_layers']} layers; max |Δlogit| vs "
+            f"`+fl`: small-M linear kernels on {fl['patched_layers']} layers "
+            f"({fl.get('padded_layers', 0)} pad 2-3 rows to 4); max |Δlogit| vs "
             f"F.linear {fl.get('max_abs_logit_diff', float('nan')):.2e}.",
         ]
     lines += ["", source_table(report), category_table(report)]

@@ -12,18 +12,24 @@ fp32, ms; more in benchmarks/README.md):
                   7.8    12.8    17.3    22.3    27.1    x @ W.t().contiguous()
                   9.1    13.4    12.9    16.1    21.0    oneDNN packed
 
-`patch_model(model)` keeps `F.linear` for M below `min_rows` (plain decoding stays bitwise
-unchanged) and, from `min_rows` rows on, computes `x @ W^T` with a pre-transposed weight copy,
-or for layers with at least `packed_min_features` outputs (the LM head) with oneDNN's
-pre-packed linear. Both compute the same sums in a different order, so logits differ from
-`F.linear`'s in the last bits (|diff| ~ 1e-5); `redrafter bench` checks that greedy outputs stay
-token-identical. `unpatch_model` restores the modules exactly. The weight copies are refreshed
-when the weight is modified in place or replaced; patching is for inference (no autograd
-through the copies).
+On another machine of the same kind (AMD EPYC, 1 thread, weights warm), `F.linear`'s small-M
+path costs M times its M = 1 cost, so 2-3 rows cost more than 4 (LM head: M=1 12.9, M=3 43.0,
+M=4 23.4 ms; 576->1536: 0.10, 0.28, 0.20 ms).
+
+`patch_model(model)` keeps `F.linear` for M = 1 (plain decoding stays bitwise unchanged) and for
+M below `min_rows`, unless zero-padding those rows to `min_rows` measures faster for that weight
+shape when the model is patched (`pad_small`). From `min_rows` rows on, it computes `x @ W^T`
+with a pre-transposed weight copy, or for layers with at least `packed_min_features` outputs
+(the LM head) with oneDNN's pre-packed linear. Both compute the same sums in a different
+order, so logits differ from `F.linear`'s in the last bits (|diff| ~ 1e-5); `redrafter bench`
+checks that greedy outputs stay token-identical. `unpatch_model` restores the modules
+exactly. The weight copies are refreshed when the weight is modified in place or replaced;
+patching is for inference (no autograd through the copies).
 """
 
 from __future__ import annotations
 
+import time
 import types
 from dataclasses import dataclass
 
@@ -39,6 +45,9 @@ class FastLinearConfig:
     min_rows: int = 4  # M below this: F.linear as is (MKL's matrix-vector path is fastest)
     packed_min_features: int = 16384  # out_features from which oneDNN's packed kernel is used
     dtypes: tuple[torch.dtype, ...] = (torch.float32,)  # weights dtypes to patch
+    # M in [2, min_rows): zero-pad to min_rows rows and use the kernels (True), keep F.linear
+    # (False), or None: time both once per weight shape at patch time and keep the faster
+    pad_small: bool | None = None
 
 
 def onednn_available() -> bool:
@@ -52,6 +61,7 @@ class _Kernel:
         self.config = config
         self.packed = module.out_features >= config.packed_min_features and onednn_available()
         self.active = True  # `set_active(model, False)` routes everything to F.linear
+        self.pad = bool(config.pad_small)  # rows in [2, min_rows) padded to min_rows
         self.refresh(module)
 
     def refresh(self, module: nn.Linear) -> None:
@@ -66,18 +76,53 @@ class _Kernel:
 
     def __call__(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // max(x.shape[-1], 1)
-        if not self.active or rows < self.config.min_rows or x.dtype != module.weight.dtype:
-            return F.linear(x, module.weight, module.bias)
-        if torch.is_grad_enabled() and (x.requires_grad or module.weight.requires_grad):
-            return F.linear(x, module.weight, module.bias)  # keep autograd exact
+        small = rows < self.config.min_rows
+        if (
+            not self.active
+            or x.dtype != module.weight.dtype
+            or (small and not (self.pad and rows >= 2))
+            or (torch.is_grad_enabled() and (x.requires_grad or module.weight.requires_grad))
+        ):
+            return F.linear(x, module.weight, module.bias)  # autograd stays exact too
         if module.weight is not self.source or module.weight._version != self.version:
             self.refresh(module)
+        x2 = x.reshape(rows, x.shape[-1])  # [M, in]
+        if small:  # [min_rows, in]: zero rows, dropped below
+            x2 = torch.cat([x2, x2.new_zeros(self.config.min_rows - rows, x2.shape[1])])
+        y = self.matmul(module, x2)[:rows]  # [M, out]
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    def matmul(self, module: nn.Linear, x2: torch.Tensor) -> torch.Tensor:
+        """x2 [M, in] -> [M, out] with the pre-transposed or pre-packed weight."""
         bias = None if module.bias is None else module.bias.detach()
         if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight_packed, bias, "none", [], "")
-        x2 = x.reshape(rows, x.shape[-1])  # [M, in]
-        y = x2 @ self.weight_t if bias is None else torch.addmm(bias, x2, self.weight_t)
-        return y.view(*x.shape[:-1], y.shape[-1])
+            return torch.ops.mkldnn._linear_pointwise(x2, self.weight_packed, bias, "none", [], "")
+        return x2 @ self.weight_t if bias is None else torch.addmm(bias, x2, self.weight_t)
+
+
+def _best_ms(fn, repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * min(times)
+
+
+@torch.no_grad()
+def _padding_pays(module: nn.Linear, kernel: _Kernel) -> bool:
+    """Time F.linear at M = min_rows - 1 against the kernels on min_rows padded rows (this
+    machine, this weight shape). On some BLAS builds F.linear's small-M path costs M times its
+    M = 1 cost, so 3 rows cost more than 4 (measured on an AMD EPYC: LM head 43 ms vs 23 ms)."""
+    M = kernel.config.min_rows - 1
+    if M < 2:
+        return False
+    x = torch.randn(M, module.in_features, dtype=module.weight.dtype)
+    plain = _best_ms(lambda: F.linear(x, module.weight, module.bias))
+    kernel.pad, kernel.active = True, True
+    padded = _best_ms(lambda: kernel(module, x))
+    return padded < 0.9 * plain
 
 
 def _fast_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -100,12 +145,24 @@ def patch_model(model: nn.Module, config: FastLinearConfig | None = None) -> int
     """
     config = config or FastLinearConfig()
     count = 0
+    decided: dict[tuple, bool] = {}  # (in, out, packed) -> pad small M (pad_small=None)
     for module in model.modules():
         if _eligible(module, config) and not hasattr(module, _ATTR):
-            setattr(module, _ATTR, _Kernel(module, config))
+            kernel = _Kernel(module, config)
+            if config.pad_small is None:
+                key = (module.in_features, module.out_features, kernel.packed)
+                if key not in decided:
+                    decided[key] = _padding_pays(module, kernel)
+                kernel.pad = decided[key]
+            setattr(module, _ATTR, kernel)
             module.forward = types.MethodType(_fast_forward, module)
             count += 1
     return count
+
+
+def padded_layers(model: nn.Module) -> int:
+    """How many patched layers pad M in [2, min_rows) rows up to min_rows."""
+    return sum(getattr(m, _ATTR).pad for m in model.modules() if hasattr(m, _ATTR))
 
 
 def unpatch_model(model: nn.Module) -> int:
