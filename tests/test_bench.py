@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -140,8 +141,10 @@ def test_fast_linear_pads_small_m_when_asked():
     assert fast_linear.patch_model(model, config) == 15
     assert fast_linear.padded_layers(model) == 15
     linear = model.model.layers[1].mlp.down_proj
+    kernel = getattr(linear, fast_linear._ATTR)
     with torch.no_grad():
-        for rows in (1, 2, 3):
+        for mode, rows in itertools.product(("kernel", "linear"), (1, 2, 3)):
+            kernel.pad_with = mode
             x = torch.randn(1, rows, linear.in_features)
             plain = torch.nn.functional.linear(x, linear.weight, linear.bias)
             got = linear(x)
@@ -152,6 +155,14 @@ def test_fast_linear_pads_small_m_when_asked():
     fast_linear.unpatch_model(model)
     assert fast_linear.patch_model(model, fast_linear.FastLinearConfig(pad_small=False)) == 15
     assert fast_linear.padded_layers(model) == 0
+    fast_linear.unpatch_model(model)
+    assert fast_linear.patch_model(model) == 15  # pad_small=None: timed per weight shape
+    modes = {
+        getattr(m, fast_linear._ATTR).pad_with
+        for m in model.modules()
+        if hasattr(m, fast_linear._ATTR)
+    }
+    assert modes <= {None, "linear", "kernel"}
 
 
 def test_fast_linear_patch_unpatch_round_trip():

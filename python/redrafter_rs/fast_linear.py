@@ -16,14 +16,14 @@ On another machine of the same kind (AMD EPYC, 1 thread, weights warm), `F.linea
 path costs M times its M = 1 cost, so 2-3 rows cost more than 4 (LM head: M=1 12.9, M=3 43.0,
 M=4 23.4 ms; 576->1536: 0.10, 0.28, 0.20 ms).
 
-`patch_model(model)` keeps `F.linear` for M = 1 (plain decoding stays bitwise unchanged) and for
-M below `min_rows`, unless zero-padding those rows to `min_rows` measures faster for that weight
-shape when the model is patched (`pad_small`). From `min_rows` rows on, it computes `x @ W^T`
-with a pre-transposed weight copy, or for layers with at least `packed_min_features` outputs
-(the LM head) with oneDNN's pre-packed linear. Both compute the same sums in a different
-order, so logits differ from `F.linear`'s in the last bits (|diff| ~ 1e-5); `redrafter bench`
-checks that greedy outputs stay token-identical. `unpatch_model` restores the modules
-exactly. The weight copies are refreshed when the weight is modified in place or replaced;
+`patch_model(model)` keeps `F.linear` for M = 1 (plain decoding stays bitwise unchanged) and for M
+below `min_rows`, unless zero-padding those rows to `min_rows` (then `F.linear` or the kernels
+below) measures faster for that weight shape when the model is patched (`pad_small`). From
+`min_rows` rows on, it computes `x @ W^T` with a pre-transposed weight copy, or for layers with at
+least `packed_min_features` outputs (the LM head) with oneDNN's pre-packed linear. Both compute the
+same sums in a different order, so logits differ from `F.linear`'s in the last bits (|diff| ~ 1e-5);
+`redrafter bench` checks that greedy outputs stay token-identical. `unpatch_model` restores the
+modules exactly. The weight copies are refreshed when the weight is modified in place or replaced;
 patching is for inference (no autograd through the copies).
 """
 
@@ -61,7 +61,9 @@ class _Kernel:
         self.config = config
         self.packed = module.out_features >= config.packed_min_features and onednn_available()
         self.active = True  # `set_active(model, False)` routes everything to F.linear
-        self.pad = bool(config.pad_small)  # rows in [2, min_rows) padded to min_rows
+        # rows in [2, min_rows): zero-padded to min_rows, then the kernels ("kernel") or
+        # F.linear ("linear"), or left to F.linear as they are (None)
+        self.pad_with: str | None = "kernel" if config.pad_small else None
         self.refresh(module)
 
     def refresh(self, module: nn.Linear) -> None:
@@ -80,7 +82,7 @@ class _Kernel:
         if (
             not self.active
             or x.dtype != module.weight.dtype
-            or (small and not (self.pad and rows >= 2))
+            or (small and not (self.pad_with and rows >= 2))
             or (torch.is_grad_enabled() and (x.requires_grad or module.weight.requires_grad))
         ):
             return F.linear(x, module.weight, module.bias)  # autograd stays exact too
@@ -89,7 +91,10 @@ class _Kernel:
         x2 = x.reshape(rows, x.shape[-1])  # [M, in]
         if small:  # [min_rows, in]: zero rows, dropped below
             x2 = torch.cat([x2, x2.new_zeros(self.config.min_rows - rows, x2.shape[1])])
-        y = self.matmul(module, x2)[:rows]  # [M, out]
+        if small and self.pad_with == "linear":
+            y = F.linear(x2, module.weight, module.bias)[:rows]  # [M, out]
+        else:
+            y = self.matmul(module, x2)[:rows]  # [M, out]
         return y.view(*x.shape[:-1], y.shape[-1])
 
     def matmul(self, module: nn.Linear, x2: torch.Tensor) -> torch.Tensor:
@@ -111,18 +116,25 @@ def _best_ms(fn, repeats: int = 5) -> float:
 
 
 @torch.no_grad()
-def _padding_pays(module: nn.Linear, kernel: _Kernel) -> bool:
-    """Time F.linear at M = min_rows - 1 against the kernels on min_rows padded rows (this
-    machine, this weight shape). On some BLAS builds F.linear's small-M path costs M times its
-    M = 1 cost, so 3 rows cost more than 4 (measured on an AMD EPYC: LM head 43 ms vs 23 ms)."""
-    M = kernel.config.min_rows - 1
+def _padding_choice(group: list[tuple[nn.Linear, _Kernel]]) -> str | None:
+    """For layers of one weight shape: time F.linear on M = min_rows - 1 rows against F.linear
+    and the kernels on min_rows zero-padded rows, each over every layer of the group in turn (so
+    weights come from memory, as in a forward), and return the fastest padding if it saves at
+    least 10%. On some BLAS builds F.linear's small-M path costs M times its M = 1 cost, so 3 rows
+    cost more than 4 (AMD EPYC, 1 thread: LM head 36 ms at M = 3, 18 ms at 4, packed 6 ms)."""
+    first = group[0][0]
+    M = group[0][1].config.min_rows - 1
     if M < 2:
-        return False
-    x = torch.randn(M, module.in_features, dtype=module.weight.dtype)
-    plain = _best_ms(lambda: F.linear(x, module.weight, module.bias))
-    kernel.pad, kernel.active = True, True
-    padded = _best_ms(lambda: kernel(module, x))
-    return padded < 0.9 * plain
+        return None
+    x = torch.randn(M, first.in_features, dtype=first.weight.dtype)
+    plain = _best_ms(lambda: [F.linear(x, m.weight, m.bias) for m, _ in group], repeats=3)
+    times = {}
+    for mode in ("linear", "kernel"):
+        for _, kernel in group:
+            kernel.pad_with = mode
+        times[mode] = _best_ms(lambda: [k(m, x) for m, k in group], repeats=3)
+    best = min(times, key=times.get)
+    return best if times[best] < 0.9 * plain else None
 
 
 def _fast_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -144,25 +156,28 @@ def patch_model(model: nn.Module, config: FastLinearConfig | None = None) -> int
     LM head included); returns how many were patched. Idempotent.
     """
     config = config or FastLinearConfig()
-    count = 0
-    decided: dict[tuple, bool] = {}  # (in, out, packed) -> pad small M (pad_small=None)
-    for module in model.modules():
-        if _eligible(module, config) and not hasattr(module, _ATTR):
-            kernel = _Kernel(module, config)
-            if config.pad_small is None:
-                key = (module.in_features, module.out_features, kernel.packed)
-                if key not in decided:
-                    decided[key] = _padding_pays(module, kernel)
-                kernel.pad = decided[key]
-            setattr(module, _ATTR, kernel)
-            module.forward = types.MethodType(_fast_forward, module)
-            count += 1
-    return count
+    kernels = [
+        (m, _Kernel(m, config))
+        for m in model.modules()
+        if _eligible(m, config) and not hasattr(m, _ATTR)
+    ]
+    if config.pad_small is None:
+        groups: dict[tuple, list] = {}  # (in, out, packed) -> [(module, kernel)]
+        for m, k in kernels:
+            groups.setdefault((m.in_features, m.out_features, k.packed), []).append((m, k))
+        for group in groups.values():
+            mode = _padding_choice(group)
+            for _, k in group:
+                k.pad_with = mode
+    for m, k in kernels:
+        setattr(m, _ATTR, k)
+        m.forward = types.MethodType(_fast_forward, m)
+    return len(kernels)
 
 
 def padded_layers(model: nn.Module) -> int:
     """How many patched layers pad M in [2, min_rows) rows up to min_rows."""
-    return sum(getattr(m, _ATTR).pad for m in model.modules() if hasattr(m, _ATTR))
+    return sum(bool(getattr(m, _ATTR).pad_with) for m in model.modules() if hasattr(m, _ATTR))
 
 
 def unpatch_model(model: nn.Module) -> int:
