@@ -19,30 +19,15 @@ import torch
 import redrafter_rs as rr
 from redrafter_rs._io import atomic_write_text
 from redrafter_rs.assets import load_default_drafter
-from redrafter_rs.bench import parse_grid
+from redrafter_rs.bench import _hf_runner, parse_grid
 from redrafter_rs.data import chat_prompt, mt_bench_questions
 from redrafter_rs.drafter import RecurrentDrafter
 from redrafter_rs.models import load_model
+from redrafter_rs.target import left_pad
 
 
 def batches(items: list, n: int) -> list[list]:
     return [items[i : i + n] for i in range(0, len(items), n)]
-
-
-def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(map(len, rows))
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, T - len(r) :] = torch.tensor(r)
-        mask[i, T - len(r) :] = 1
-    return ids, mask
-
-
-def reference(model, ids: list[int], n: int) -> list[int]:
-    x = torch.tensor([ids])
-    out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=n)
-    return out[0, len(ids) :].tolist()
 
 
 def main() -> None:
@@ -71,7 +56,8 @@ def main() -> None:
     n = args.max_new_tokens
     t0 = time.perf_counter()
     with torch.no_grad():
-        refs = [reference(model, ids, n) for ids in prompts]
+        greedy = _hf_runner(model, n)  # model.generate, greedy: the reference
+        refs = [greedy(torch.tensor([ids]))[0] for ids in prompts]
     print(f"references: {time.perf_counter() - t0:.0f} s", flush=True)
     variants = [(W, L, False) for W, L in args.grid]
     if args.retrieval:

@@ -56,14 +56,3 @@ class NoisyOracleDrafter(OracleDrafter):
             for w in range(beam_width):
                 beams[b, w, 1 : 1 + int(keep[w])] = truth[: int(keep[w])]
         return beams.to(root.device)
-
-
-def left_pad(prompts: list[torch.Tensor], pad: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded batch [B, T] and its attention mask from prompts of different lengths."""
-    T = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
-    mask = torch.zeros(len(prompts), T, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p) :] = p
-        mask[i, T - len(p) :] = 1
-    return ids, mask

@@ -10,8 +10,9 @@ from transformers import TextIteratorStreamer
 
 import redrafter_rs as rr
 from conftest import tiny_llama
-from helpers import NoisyOracleDrafter, OracleDrafter, left_pad
+from helpers import NoisyOracleDrafter, OracleDrafter
 from redrafter_rs import RedrafterError
+from redrafter_rs.target import left_pad
 
 
 def _prompts(seed: int, n: int, vocab: int, lo: int = 1, hi: int = 16) -> list[torch.Tensor]:
@@ -36,7 +37,7 @@ def test_batch_greedy_rows_equal_generate_alone(B, compact_waste):
     model = tiny_llama(seed=5)
     prompts = _prompts(B, B, model.config.vocab_size)
     refs = [_alone(model, p, 30) for p in prompts]
-    ids, mask = left_pad(prompts, pad=1)
+    ids, mask = left_pad(prompts, 1)
     drafter = NoisyOracleDrafter(
         [torch.cat([p, torch.tensor(r)]) for p, r in zip(prompts, refs, strict=True)],
         model.config.vocab_size,
@@ -66,7 +67,7 @@ def test_batch_matches_generate_on_the_padded_batch_with_eos_padding():
     with torch.no_grad():  # make EOS (id 1) likely so rows finish at different times
         model.lm_head.weight[1] += 0.35 * model.model.norm.weight.sign()
     prompts = _prompts(11, 6, model.config.vocab_size, lo=2, hi=9)
-    ids, mask = left_pad(prompts, pad=1)
+    ids, mask = left_pad(prompts, 1)
     want = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=40)
     torch.manual_seed(0)
     drafter = rr.RecurrentDrafter.for_target(model)
@@ -197,7 +198,7 @@ def test_smollm2_batch_of_4_rows_equal_generate_alone(smollm):
     texts = [chat_prompt(tok, q["turns"][0]) for q in mt_bench_questions()[5:45:10]]
     prompts = [tok(t, return_tensors="pt").input_ids[0] for t in texts]
     refs = [_alone(model, p, 24) for p in prompts]
-    ids, mask = left_pad(prompts, pad=2)
+    ids, mask = left_pad(prompts, 2)
     torch.manual_seed(0)
     drafter = rr.RecurrentDrafter.for_target(model).eval()
     out = rr.generate(model, drafter, ids, mask, max_new_tokens=24, beam_width=4, beam_length=4)

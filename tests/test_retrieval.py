@@ -27,9 +27,9 @@ from test_sampling import (
 
 import redrafter_rs as rr
 from conftest import tiny_llama
-from helpers import left_pad
 from redrafter_rs import RedrafterError, RetrievalConfig, RetrievalDrafter
 from redrafter_rs.cli import main as cli_main
+from redrafter_rs.target import left_pad
 
 NEW = 30
 
@@ -103,7 +103,7 @@ def test_greedy_equals_generate(model, rnn, budget):
 def test_batch_left_padded_rows_equal_generate_alone(model, rnn, with_rnn):
     prompts = _prompts(model)
     refs = [_reference(model, p)[0, len(p) :].tolist() for p in prompts]
-    ids, mask = left_pad(prompts)
+    ids, mask = left_pad(prompts, 1)
     out = rr.generate(
         model, rnn if with_rnn else None, ids, mask, max_new_tokens=NEW,
         retrieval=RetrievalConfig(min_match=1),

@@ -28,7 +28,7 @@ from redrafter_rs.errors import check
 from redrafter_rs.kv import BatchCache
 from redrafter_rs.policy import PolicyConfig, ShapePolicy
 from redrafter_rs.sampling import GREEDY, SamplingParams, choose_tokens
-from redrafter_rs.target import Target
+from redrafter_rs.target import Target, left_pad
 from redrafter_rs.transfer import Staging
 
 
@@ -295,12 +295,7 @@ class SpeculativeGenerator:
     def _prefill(self, prompts: list[list[int]]):
         """Left-padded batched prefill: (BatchCache, next positions [b], last hidden [b, H])."""
         device = self.target.device
-        T = max(len(p) for p in prompts)
-        ids = torch.zeros(len(prompts), T, dtype=torch.long)
-        mask = torch.zeros(len(prompts), T, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, T - len(p) :] = torch.tensor(p)
-            mask[i, T - len(p) :] = 1
+        ids, mask = left_pad(prompts)
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # [b, T]
         cache = self.target.new_cache()

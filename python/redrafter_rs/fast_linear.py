@@ -42,11 +42,12 @@ _ATTR = "_redrafter_fast_linear"
 
 @dataclass(frozen=True)
 class FastLinearConfig:
-    min_rows: int = 4  # M below this: F.linear as is (MKL's matrix-vector path is fastest)
+    min_rows: int = 4  # M below this: F.linear, or padded up to it (see pad_small)
     packed_min_features: int = 16384  # out_features from which oneDNN's packed kernel is used
     dtypes: tuple[torch.dtype, ...] = (torch.float32,)  # weights dtypes to patch
     # M in [2, min_rows): zero-pad to min_rows rows and use the kernels (True), keep F.linear
-    # (False), or None: time both once per weight shape at patch time and keep the faster
+    # (False), or None: per weight shape at patch time, time F.linear as is against F.linear
+    # and the kernels on padded rows, and keep the fastest
     pad_small: bool | None = None
 
 

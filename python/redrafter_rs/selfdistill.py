@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from redrafter_rs.errors import check
-from redrafter_rs.target import Target
+from redrafter_rs.target import Target, left_pad
 from redrafter_rs.teacher import (
     ChunkWriter,
     SequenceRecord,
@@ -154,12 +154,8 @@ def greedy_record(
     prompt position for j = 0), so next_token[j] is answer token j itself.
     """
     target = Target(model)
-    B, T = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, T, dtype=torch.long)
-    for b, p in enumerate(prompts):  # left padding
-        ids[b, T - len(p) :] = torch.tensor(p)
-        mask[b, T - len(p) :] = 1
+    B = len(prompts)
+    ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(target.device), mask.to(target.device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
     cache = target.new_cache()

@@ -13,6 +13,18 @@ from transformers import DynamicCache
 from redrafter_rs.errors import RedrafterError, check
 
 
+def left_pad(prompts, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded batch: ids [B, T] (pad_id where padded) and attention mask [B, T] from
+    prompts of different lengths (lists of ids or 1-D tensors), on the CPU."""
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p) :] = torch.as_tensor(p, dtype=torch.long)
+        mask[i, T - len(p) :] = 1
+    return ids, mask
+
+
 class Target:
     """Wraps `model` (an HF `PreTrainedModel` for causal LM). Holds no state between calls."""
 
