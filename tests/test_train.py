@@ -21,6 +21,7 @@ from redrafter_rs.selfdistill import (
     generate_cache,
     greedy_record,
     instruction_prompts,
+    sort_within_blocks,
 )
 from redrafter_rs.teacher import load_chunks, read_manifest, teacher_force
 from redrafter_rs.train import (
@@ -106,6 +107,24 @@ def test_cache_chunks_resume_and_offsets(model, tmp_path):
     assert data["hidden"].dtype == torch.float16 and data["topk_ids"].shape == (total, 8)
     with pytest.raises(rr.RedrafterError, match="different target"):
         load_chunks(tmp_path, tiny_llama(seed=4))
+
+
+def test_length_sorting_stays_inside_blocks_and_matches_unsorted_records(model, tmp_path):
+    prompts = _prompts(10, seed=7)
+    ordered = sort_within_blocks(prompts, 4)
+    for lo in range(0, 10, 4):  # each block holds the same prompts, shortest first
+        block = ordered[lo : lo + 4]
+        assert sorted(block) == sorted(prompts[lo : lo + 4])
+        assert [len(p) for p in block] == sorted(len(p) for p in block)
+    cfg = SelfDistillConfig(max_new_tokens=6, batch_size=2, top_k=8, chunk_positions=20)
+    generate_cache(model, prompts, tmp_path, cfg, EOS, log=lambda s: None)
+    assert read_manifest(tmp_path).settings["length_sorted_blocks"] == 16
+    data = load_chunks(tmp_path, model)
+    offsets = data["seq_offsets"].tolist()
+    first = [int(data["next_token"][a]) for a in offsets[:-1]]  # first answer token per prompt
+    ordered = sort_within_blocks(prompts, 16)  # one block here: the whole list
+    want = [r.next_token[0].item() for r in greedy_record(model, ordered, 6, EOS, top_k=8)]
+    assert first == want
 
 
 def test_instruction_prompts_are_balanced_and_exclude_mt_bench():
@@ -213,19 +232,26 @@ def test_torchrun_two_cpu_ranks_end_identical(cache, tmp_path):
 
 
 # ---- the command line -------------------------------------------------------------------------
-def test_cli_train_builds_caches_trains_resumes_and_exports(tmp_path):
-    from redrafter_rs.cli import main
+def _tiny_target_dir(directory: Path):
+    """A tiny random Llama saved with the default model's real tokenizer (skip if not cached)."""
+    from transformers import AutoTokenizer
+
     from redrafter_rs.models import DEFAULT_MODEL, cache_dir
 
     tok_dir = cache_dir() / "models" / DEFAULT_MODEL
     if not (tok_dir / "tokenizer.json").is_file():
         pytest.skip("the default model's tokenizer is not cached yet")
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(tok_dir)
     target = tiny_llama(seed=3, vocab_size=len(tok))
-    target.save_pretrained(tmp_path / "target")
-    tok.save_pretrained(tmp_path / "target")
+    target.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return target
+
+
+def test_cli_train_builds_caches_trains_resumes_and_exports(tmp_path):
+    from redrafter_rs.cli import main
+
+    target = _tiny_target_dir(tmp_path / "target")
     (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 12)
     chat = {
         "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
@@ -245,6 +271,28 @@ def test_cli_train_builds_caches_trains_resumes_and_exports(tmp_path):
     assert drafter.head.weight.shape == (256, 64)
     caches = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert caches[0].startswith("instructions-n6-seed0") and caches[1].startswith("text-")
+
+
+def test_cli_sharded_generation_then_training_on_the_shards(tmp_path, capsys):
+    from redrafter_rs.cli import main
+
+    _tiny_target_dir(tmp_path / "target")
+    common = ["train", "--model", str(tmp_path / "target"), "--cache", str(tmp_path / "cache")]
+    common += ["--out", str(tmp_path / "run"), "--threads", "1"]
+    gen = ["--instructions", "6", "--max-new-tokens", "6", "--gen-batch", "2"]
+    for k in (0, 1):
+        assert main(common + gen + ["--gen-shard", f"{k}/2"]) == 0
+    shards = sorted((tmp_path / "cache").iterdir())
+    assert [p.name for p in shards] == [f"instructions-n6-seed0-shard{k}of2" for k in (0, 1)]
+    assert [read_manifest(p).items_done for p in shards] == [3, 3]
+    assert not (tmp_path / "run").exists()  # generation only
+    fit = ["--exit-dim", "64", "--draft-vocab", "64", "--batch-size", "8", "--steps", "4"]
+    assert main(common + fit + ["--caches", *map(str, shards)]) == 0
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["step"] == 4
+    assert main(common + fit + ["--caches", str(tmp_path)]) == 2
+    assert "is not a teacher cache" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(common + gen + ["--gen-shard", "2/2"])
 
 
 def test_ctrl_c_leaves_a_resumable_checkpoint(cache, tmp_path):

@@ -41,6 +41,15 @@ def add_train_parser(sub) -> None:
     data.add_argument("--window", type=int, default=256, help="teacher-forcing window (tokens)")
     data.add_argument("--gen-only", action="store_true", help="build the caches, do not train")
     data.add_argument("--gen-budget", type=float, default=None, help="minutes of generation")
+    data.add_argument(
+        "--gen-shard",
+        type=_shard,
+        default=None,
+        metavar="K/N",
+        help="answer only prompts K, K+N, ... of --instructions (one process per core; implies "
+        "--gen-only); train on the shards with --caches",
+    )
+    data.add_argument("--caches", nargs="*", default=[], help="existing teacher caches to use")
     m = p.add_argument_group("drafter")
     m.add_argument("--exit-dim", type=int, default=None, help="residual width (default 2H)")
     m.add_argument("--layers", type=int, default=1)
@@ -75,9 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model, tok, name = _load_target(args.model)
     root = Path(args.cache) if args.cache else _default_cache_root(name)
-    caches = build_caches(model, tok, root, args)
-    check(caches, "no training data: pass --instructions N and/or --data PATH ...")
-    if args.gen_only:
+    caches = build_caches(model, tok, root, args) + _existing_caches(args.caches)
+    check(caches, "no training data: pass --instructions N, --data PATH ... or --caches DIR ...")
+    if args.gen_only or args.gen_shard:
         return 0
     config = TrainConfig(
         exit_dim=args.exit_dim,
@@ -124,6 +133,24 @@ def _load_target(path: str | None):
     return model, AutoTokenizer.from_pretrained(path), Path(path).name
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gen-shard wants K/N, got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--gen-shard {text}: need 0 <= K < N")
+    return k, n
+
+
+def _existing_caches(paths: list[str]) -> list[Path]:
+    from redrafter_rs.teacher import read_manifest
+
+    for p in map(Path, paths):
+        check(read_manifest(p) is not None, f"--caches: {p} is not a teacher cache (no manifest)")
+    return [Path(p) for p in paths]
+
+
 def _default_cache_root(name: str) -> Path:
     from redrafter_rs.models import cache_dir
 
@@ -162,8 +189,12 @@ def build_caches(model, tok, root: Path, args: argparse.Namespace) -> list[Path]
             time_budget_s=args.gen_budget * 60 if args.gen_budget else None,
         )
         suffix = "-docs" if cfg.docs else ""
+        prompts = builtin_prompts(cfg)
+        if args.gen_shard:
+            k, n = args.gen_shard
+            prompts, suffix = prompts[k::n], f"{suffix}-shard{k}of{n}"
         directory = root / f"instructions-n{cfg.num_prompts}-seed{cfg.seed}{suffix}"
-        generate_cache(model, encode_prompts(tok, builtin_prompts(cfg)), directory, cfg, eos, log)
+        generate_cache(model, encode_prompts(tok, prompts), directory, cfg, eos, log)
         caches.append(directory)
     if args.data:
         files = _expand(args.data)
