@@ -5,6 +5,13 @@ category, greedy, checked token for token against `model.generate`.
 hidden state), so rows run in batches to use this CPU well; speed is `redrafter bench`'s job.
 
     python benchmarks/mtbench_tau.py --grid 1x4,4x4,8x5 --out benchmarks/mtbench-tau.json
+
+On a machine with several cores, one process per core over a share of the prompts is faster than
+threads; the shares are merged by summing their raw counts:
+
+    python benchmarks/mtbench_tau.py --shard 0/2 --threads 1 --out /tmp/tau0.json &
+    python benchmarks/mtbench_tau.py --shard 1/2 --threads 1 --out /tmp/tau1.json; wait
+    python benchmarks/mtbench_tau.py --merge /tmp/tau0.json /tmp/tau1.json --out tau.json
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import argparse
 import json
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -40,8 +48,14 @@ def main() -> None:
     p.add_argument("--num-prompts", type=int, default=80)
     p.add_argument("--retrieval", action="store_true", help="also with retrieval drafts merged")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--shard", default="0/1", help="K/N: prompts K, K+N, ... of the selection")
+    p.add_argument("--refs", default=None, help="JSON file caching the references (reused)")
+    p.add_argument("--merge", nargs="+", default=None, help="sum these reports' counts into --out")
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
@@ -50,15 +64,12 @@ def main() -> None:
         if args.drafter
         else load_default_drafter(model)
     )
-    qs = mt_bench_questions()[: args.num_prompts]
+    k, n_shards = (int(x) for x in args.shard.split("/"))
+    qs = mt_bench_questions()[: args.num_prompts][k::n_shards]
     prompts = [tok(chat_prompt(tok, q["turns"][0])).input_ids for q in qs]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     n = args.max_new_tokens
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        greedy = _hf_runner(model, n)  # model.generate, greedy: the reference
-        refs = [greedy(torch.tensor([ids]))[0] for ids in prompts]
-    print(f"references: {time.perf_counter() - t0:.0f} s", flush=True)
+    refs = references(model, prompts, n, args.refs)
     variants = [(W, L, False) for W, L in args.grid]
     if args.retrieval:
         variants += [(W, L, True) for W, L in args.grid]
@@ -66,9 +77,8 @@ def main() -> None:
     for W, L, ret in variants:
         name = f"{W}x{L}" + ("+retrieval" if ret else "")
         t = time.perf_counter()
-        per_cat: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # tokens, steps
-        depth = [0] * (L - 1)
-        steps_all = tokens_all = equal = 0
+        raw = {"tokens": 0, "steps": 0, "equal": 0, "rows": len(qs)}
+        raw |= {"depth_hits": [0] * (L - 1), "per_category": defaultdict(lambda: [0, 0])}
         for chunk in batches(list(range(len(qs))), args.batch_size):
             ids, mask = left_pad([prompts[i] for i in chunk], pad)
             out = rr.generate(
@@ -77,32 +87,83 @@ def main() -> None:
             )  # fmt: skip
             for row, i in enumerate(chunk):
                 new = out.sequences[row, ids.shape[1] :].tolist()[: len(refs[i])]
-                equal += new == refs[i]
-                s = out.row_stats[row]
-                tokens = sum(s.accepted_per_step) + s.steps
-                per_cat[qs[i]["category"]][0] += tokens
-                per_cat[qs[i]["category"]][1] += s.steps
-                tokens_all += tokens
-                steps_all += s.steps
-                for a in s.accepted_per_step:
-                    for d in range(a):
-                        depth[d] += 1
-        report["shapes"][name] = {
-            "tau": tokens_all / steps_all,
-            "acceptance_per_depth": [c / steps_all for c in depth],
-            "tau_per_category": {c: v[0] / v[1] for c, v in sorted(per_cat.items())},
-            "greedy_equal": f"{equal}/{len(qs)}",
-            "seconds": time.perf_counter() - t,
-        }
-        r = report["shapes"][name]
-        print(
-            f"{name}: τ {r['tau']:.3f}, per depth "
-            + " ".join(f"{a:.2f}" for a in r["acceptance_per_depth"])
-            + f", equal {r['greedy_equal']}, {r['seconds']:.0f} s; "
-            + ", ".join(f"{c} {v:.2f}" for c, v in r["tau_per_category"].items()),
-            flush=True,
-        )
+                raw["equal"] += new == refs[i]
+                count_row(raw, out.row_stats[row], qs[i]["category"])
+        raw["seconds"] = time.perf_counter() - t
+        report["shapes"][name] = summarize(raw)
+        show(name, report["shapes"][name])
         atomic_write_text(args.out, json.dumps(report, indent=1))
+
+
+def references(model, prompts: list[list[int]], n: int, path: str | None) -> list[list[int]]:
+    """Greedy `model.generate` answers, one prompt at a time; cached in `path` if given."""
+    key = {"prompts": prompts, "max_new_tokens": n}
+    if path and Path(path).is_file():
+        cached = json.loads(Path(path).read_text(encoding="utf-8"))
+        if cached["key"] == key:
+            return cached["refs"]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        greedy = _hf_runner(model, n)  # model.generate, greedy: the reference
+        refs = [greedy(torch.tensor([ids]))[0] for ids in prompts]
+    print(f"references: {time.perf_counter() - t0:.0f} s", flush=True)
+    if path:
+        atomic_write_text(path, json.dumps({"key": key, "refs": refs}))
+    return refs
+
+
+def count_row(raw: dict, stats, category: str) -> None:
+    tokens = sum(stats.accepted_per_step) + stats.steps  # accepted drafts + one target token
+    raw["tokens"] += tokens
+    raw["steps"] += stats.steps
+    raw["per_category"][category][0] += tokens
+    raw["per_category"][category][1] += stats.steps
+    for a in stats.accepted_per_step:
+        for d in range(a):
+            raw["depth_hits"][d] += 1
+
+
+def summarize(raw: dict) -> dict:
+    """τ, acceptance per depth and τ per category from raw counts (kept, for merging)."""
+    steps = raw["steps"]
+    return {
+        "tau": raw["tokens"] / steps,
+        "acceptance_per_depth": [c / steps for c in raw["depth_hits"]],
+        "tau_per_category": {c: v[0] / v[1] for c, v in sorted(raw["per_category"].items())},
+        "greedy_equal": f"{raw['equal']}/{raw['rows']}",
+        "seconds": raw["seconds"],
+        "raw": raw,
+    }
+
+
+def show(name: str, r: dict) -> None:
+    print(
+        f"{name}: τ {r['tau']:.3f}, per depth "
+        + " ".join(f"{a:.2f}" for a in r["acceptance_per_depth"])
+        + f", equal {r['greedy_equal']}, {r['seconds']:.0f} s; "
+        + ", ".join(f"{c} {v:.2f}" for c, v in r["tau_per_category"].items()),
+        flush=True,
+    )
+
+
+def merge(paths: list[str], out: str) -> None:
+    """Sum the raw counts of per-shard reports (same shapes) into one report."""
+    reports = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    merged = {"config": reports[0]["config"] | {"merged_from": paths}, "shapes": {}}
+    for name in reports[0]["shapes"]:
+        raws = [r["shapes"][name]["raw"] for r in reports]
+        total = {key: sum(r[key] for r in raws) for key in ("tokens", "steps", "equal", "rows")}
+        total["seconds"] = max(r["seconds"] for r in raws)  # the shards ran side by side
+        total["depth_hits"] = [sum(x) for x in zip(*(r["depth_hits"] for r in raws), strict=True)]
+        cats: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for r in raws:
+            for c, (tok, st) in r["per_category"].items():
+                cats[c][0] += tok
+                cats[c][1] += st
+        total["per_category"] = cats
+        merged["shapes"][name] = summarize(total)
+        show(name, merged["shapes"][name])
+    atomic_write_text(out, json.dumps(merged, indent=1))
 
 
 if __name__ == "__main__":

@@ -278,10 +278,11 @@ def test_cli_sharded_generation_then_training_on_the_shards(tmp_path, capsys):
 
     _tiny_target_dir(tmp_path / "target")
     common = ["train", "--model", str(tmp_path / "target"), "--cache", str(tmp_path / "cache")]
-    common += ["--out", str(tmp_path / "run"), "--threads", "1"]
+    common += ["--threads", "1"]
     gen = ["--instructions", "6", "--max-new-tokens", "6", "--gen-batch", "2"]
     for k in (0, 1):
         assert main(common + gen + ["--gen-shard", f"{k}/2"]) == 0
+    common += ["--out", str(tmp_path / "run")]
     shards = sorted((tmp_path / "cache").iterdir())
     assert [p.name for p in shards] == [f"instructions-n6-seed0-shard{k}of2" for k in (0, 1)]
     assert [read_manifest(p).items_done for p in shards] == [3, 3]

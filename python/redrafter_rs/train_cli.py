@@ -57,7 +57,7 @@ def add_train_parser(sub) -> None:
     m.add_argument("--draft-vocab", type=int, default=8192, help="0: the full vocabulary")
     m.add_argument("--beam-length", "-L", type=int, default=5, help="L (includes the root)")
     t = p.add_argument_group("training")
-    t.add_argument("--out", required=True, help="run directory (checkpoint.pt, drafter/)")
+    t.add_argument("--out", default=None, help="run directory (checkpoint.pt, drafter/)")
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--lr", type=float, default=2e-3)
@@ -88,6 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check(caches, "no training data: pass --instructions N, --data PATH ... or --caches DIR ...")
     if args.gen_only or args.gen_shard:
         return 0
+    check(args.out, "--out DIR is needed to train (or pass --gen-only to only build caches)")
     config = TrainConfig(
         exit_dim=args.exit_dim,
         num_layers=args.layers,
