@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -67,6 +68,10 @@ def test_save_and_load_roundtrip(tmp_path, tiny_model):
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["vocab_size"] == 96 and cfg["hidden_size"] == 64 and cfg["embedding_probe"]
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporaries
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.json"):  # readable like any file the user writes
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_half_precision_storage_roundtrips_within_precision(tmp_path, tiny_model):

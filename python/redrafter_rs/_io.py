@@ -20,9 +20,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared checkpoints unreadable
     try:
         write(tmp)
+        # after the write: mkstemp's 0600, or a writer that recreates the file (safetensors
+        # does), would make shared checkpoints and shipped weights unreadable to others
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
