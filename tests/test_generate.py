@@ -102,6 +102,21 @@ def test_stats_are_consistent(tiny_model, tiny_drafter):
 # ---- the real default model, offline ----------------------------------------------------
 
 
+def test_concurrent_first_use_conversion_keeps_the_winner(smollm, tmp_path):
+    """Two processes converting the GGUF at once (e.g. `train --gen-shard 0/2` and `1/2` on a
+    fresh machine): the one that renames second keeps the first one's checkpoint, no error."""
+    import shutil
+
+    from redrafter_rs.models import _convert, cache_dir
+
+    dest = tmp_path / "SmolLM2-135M-Instruct"
+    dest.mkdir()
+    shutil.copy(cache_dir() / "models" / "SmolLM2-135M-Instruct" / "config.json", dest)
+    _convert(dest)  # finishes second: its rename onto the non-empty dest fails
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [dest.name]  # temp dir cleaned up
+
+
 def test_smollm2_untrained_drafter_equals_generate(smollm, mt_bench_prompts):
     model, _ = smollm
     torch.manual_seed(0)

@@ -62,7 +62,13 @@ def _convert(dest: Path, src: Path | None = None, name: str = DEFAULT_MODEL) -> 
         model.config._name_or_path = name
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            # Another process (e.g. a second `--gen-shard` run) finished the same conversion
+            # first: its checkpoint is as good as ours.
+            if not (dest / "config.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
