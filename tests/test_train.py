@@ -21,6 +21,8 @@ from redrafter_rs.selfdistill import (
     generate_cache,
     greedy_record,
     instruction_prompts,
+    pre_query_prefix,
+    sampled_prompts,
     sort_within_blocks,
 )
 from redrafter_rs.teacher import load_chunks, read_manifest, teacher_force
@@ -31,6 +33,7 @@ from redrafter_rs.train import (
     export_drafter,
     load_checkpoint,
     train_drafter,
+    validate,
 )
 
 EOS = {1}
@@ -74,6 +77,37 @@ def cache(model, tmp_path_factory) -> Path:
 
 
 # ---- teacher outputs --------------------------------------------------------------------------
+def test_sampled_prompts_are_complete_distinct_and_seeded(smollm):
+    model, tok = smollm
+    assert pre_query_prefix(tok).endswith("<|im_start|>user\n")
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = sampled_prompts(model, tok, 3, seed=5, batch_size=4, max_new_tokens=64, log=None)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's RNG stream is untouched
+    again = sampled_prompts(model, tok, 3, seed=5, batch_size=4, max_new_tokens=64, log=None)
+    other = sampled_prompts(model, tok, 3, seed=6, batch_size=4, max_new_tokens=64, log=None)
+    assert first == again and first != other
+    assert len(first) == 3 and len({p.lower() for p in first}) == 3
+    for text in first:
+        assert len(text) >= 16 and "<|im_" not in text and text == text.strip()
+
+
+def test_cli_sampled_prompts_are_kept_and_answered(tmp_path):
+    from redrafter_rs.cli import main
+
+    cmd = ["train", "--cache", str(tmp_path), "--sampled-prompts", "4", "--gen-shard", "1/2"]
+    cmd += ["--gen-batch", "4", "--max-new-tokens", "4", "--threads", "1"]
+    assert main(cmd) == 0
+    directory = tmp_path / "sampled-n4-seed0-shard1of2"
+    prompts = json.loads((directory / "prompts.json").read_text())
+    assert len(prompts) == 2 and all(isinstance(p, str) for p in prompts)
+    assert read_manifest(directory).items_done == 2
+    assert main(cmd) == 0  # resumed: the same prompts, nothing new to answer
+    assert json.loads((directory / "prompts.json").read_text()) == prompts
+    assert read_manifest(directory).items_done == 2
+
+
 def test_recorded_greedy_matches_generate_and_teacher_forcing(model):
     prompts = _prompts(4, seed=5)
     records = greedy_record(model, prompts, 12, EOS, top_k=8)
@@ -193,6 +227,28 @@ def test_export_half_precision(model, cache, tmp_path):
     ref = rr.RecurrentDrafter.from_pretrained(tmp_path / "run" / "drafter", target=model)
     torch.testing.assert_close(loaded.head.weight, ref.head.weight, atol=1e-3, rtol=1e-3)
     assert torch.equal(loaded.draft_to_target, ref.draft_to_target)
+
+
+def test_init_from_fine_tunes_an_existing_drafter(model, cache, tmp_path):
+    """Warm start: the run begins at the given drafter's weights and keeps its architecture."""
+    base = train_drafter(model, cache, tmp_path / "base", _config(steps=40), progress=False)
+    start = validate(base.drafter, model, cache, beam_length=4)
+    # no architecture given: taken from the init drafter (exit 64, 48-token draft vocabulary)
+    cfg = TrainConfig(beam_length=4, steps=1, lr=1e-9, warmup_steps=1, batch_size=32, ckpt_every=0)
+    cfg.init_from = str(tmp_path / "base" / "drafter")
+    tuned = train_drafter(model, cache, tmp_path / "tuned", cfg, progress=False)
+    assert tuned.drafter.config.exit_dim == 64 and tuned.drafter.config.draft_vocab_size == 48
+    assert torch.equal(tuned.drafter.draft_to_target, base.drafter.draft_to_target)
+    after = validate(tuned.drafter, model, cache, beam_length=4)
+    assert after["acc_per_depth"] == start["acc_per_depth"]  # lr ~0: the init weights
+    scratch = train_drafter(model, cache, tmp_path / "s", _config(steps=1), progress=False)
+    assert validate(scratch.drafter, model, cache, beam_length=4)["kl_per_depth"][0] > (
+        start["kl_per_depth"][0] + 0.1
+    )
+    with pytest.raises(rr.RedrafterError, match="has exit_dim=64, this run asks for 32"):
+        train_drafter(model, cache, tmp_path / "x", _config(exit_dim=32, init_from=cfg.init_from))
+    with pytest.raises(rr.RedrafterError, match="different target"):
+        train_drafter(tiny_llama(seed=4), cache, tmp_path / "y", cfg, progress=False)
 
 
 # ---- data parallel ----------------------------------------------------------------------------

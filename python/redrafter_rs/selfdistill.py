@@ -3,8 +3,9 @@
 The prompts are built offline from templates in the eight MT-Bench category *styles* (writing,
 roleplay, reasoning, math, coding, extraction, stem, humanities) filled with topics written for
 this repository (`train_data/instructions.json`), optionally plus "summarize / explain" requests
-over passages of a documentation tree (e.g. Debian's python3.11-doc). MT-Bench questions are
-never used: they are the benchmark.
+over passages of a documentation tree (e.g. Debian's python3.11-doc). `sampled_prompts` has the
+target write user prompts itself (its chat template's pre-query prefix, sampled). MT-Bench
+questions are never used: they are the benchmark.
 
 `generate_cache` answers the prompts in left-padded batches with the target's own greedy decode
 and records, at every answer position, the teacher outputs of `teacher.py` (the hidden state and
@@ -14,6 +15,7 @@ top-k logits come for free from the decode step, so no second teacher pass is ne
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import time
@@ -136,6 +138,80 @@ def doc_passages(root: str | Path, min_chars: int = 200, max_chars: int = 700) -
             if min_chars <= len(clean) <= max_chars and clean[-1] in ".:)":
                 passages.append(clean)
     return passages
+
+
+# ---- prompts written by the target itself ------------------------------------------------------
+def pre_query_prefix(tokenizer) -> str:
+    """The chat template's text before a user message's content (system turn + user header)."""
+    check(
+        getattr(tokenizer, "chat_template", None),
+        "sampled prompts need a tokenizer with a chat template (an instruction-tuned target)",
+    )
+    marker = "\x00redrafter-user-message\x00"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False)
+    check(marker in text, "the chat template does not render the user's message verbatim")
+    return text[: text.index(marker)]
+
+
+@torch.no_grad()
+def sampled_prompts(
+    model: nn.Module,
+    tokenizer,
+    n: int,
+    seed: int = 0,
+    batch_size: int = 48,
+    max_new_tokens: int = 96,
+    min_chars: int = 16,
+    log=print,
+) -> list[str]:
+    """Up to `n` distinct user prompts written by the target itself.
+
+    The instruction-tuned target continues only its chat template's pre-query prefix (the
+    "Magpie" recipe, Xu et al. 2024), sampled at temperature 1 (top-p 0.98), so it writes the
+    kind of requests it was tuned on: far more varied than templates. Kept: complete turns
+    (ended by an end-of-sequence token) of at least `min_chars` characters, each text once.
+    """
+    prefix = tokenizer(pre_query_prefix(tokenizer), add_special_tokens=False).input_ids
+    eos = eos_ids(model, tokenizer)
+    device = next(model.parameters()).device
+    ids = torch.tensor([prefix] * batch_size, device=device)  # [B, P]
+    out: list[str] = []
+    seen: set[str] = set()
+    rounds = 3 * math.ceil(n / batch_size) + 1  # give up if most samples are rejected
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for r in range(rounds):
+            if len(out) >= n:
+                break
+            rows = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=1.0,
+                top_p=0.98,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=sorted(eos),
+                pad_token_id=min(eos),
+            )[:, len(prefix) :].tolist()
+            for text in _complete_turns(rows, eos, tokenizer, min_chars):
+                if text.lower() not in seen and len(out) < n:
+                    seen.add(text.lower())
+                    out.append(text)
+            if log:
+                log(f"sampled prompts {len(out)}/{n} (round {r + 1})")
+    check(out, f"the target wrote no complete user prompt in {rounds} batches of {batch_size}")
+    return out
+
+
+def _complete_turns(rows: list[list[int]], eos: set[int], tokenizer, min_chars: int):
+    for row in rows:
+        end = next((j for j, t in enumerate(row) if t in eos), None)
+        if end is None:
+            continue  # cut off by max_new_tokens
+        text = tokenizer.decode(row[:end], skip_special_tokens=True).strip()
+        if len(text) >= min_chars:
+            yield text
 
 
 # ---- recorded greedy generation ---------------------------------------------------------------

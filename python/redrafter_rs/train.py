@@ -11,7 +11,8 @@ anchors.
 training state lives in one file, `<out>/checkpoint.pt`, replaced atomically every
 `ckpt_every` steps, at the end, and on Ctrl-C; `resume=True` continues from it bit-for-bit (the
 data order is a pure function of seed and step). `<out>/drafter/` holds the latest drafter in
-the `from_pretrained` format.
+the `from_pretrained` format. `init_from` fine-tunes an existing drafter (e.g. the shipped one)
+instead of starting from random weights.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -45,7 +46,9 @@ _RESUME_KEYS = (
     "seed",
     "init_head_from_target",
     "freeze_head",
+    "init_from",
 )
+_ARCH_KEYS = ("exit_dim", "num_layers", "rnn", "draft_vocab_size")
 
 
 @dataclass
@@ -65,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     init_head_from_target: bool = True  # head rows from the target's LM head (needs exit_dim=H)
     freeze_head: bool = False  # keep those rows fixed (fewer trainable weights, less overfitting)
+    init_from: str | None = None  # warm start: a drafter directory (its architecture is kept)
     ckpt_every: int = 200
     eval_every: int = 0  # steps between τ evaluations with the real engine (0: never)
     log_every: int = 10
@@ -397,7 +401,7 @@ def train_drafter(
     `stop_after`: end this run (with a checkpoint) after that many total steps; `time_budget_s`:
     likewise after that long. Both leave a checkpoint that `resume=True` continues from.
     """
-    cfg = config or TrainConfig()
+    cfg = with_init_architecture(config or TrainConfig())
     out_dir = Path(out_dir)
     d = init_distributed(target_embedding(model).weight.device)
     caches = teacher_cache if isinstance(teacher_cache, list) else [teacher_cache]
@@ -422,6 +426,28 @@ def train_drafter(
     return TrainResult(loop.step, loop.last, loop.history, drafter, interrupted)
 
 
+def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the architecture of its `init_from` drafter. A field the caller set to a
+    non-default value that differs from that drafter's is an error, not silently dropped."""
+    if not cfg.init_from:
+        return cfg
+    from redrafter_rs.drafter import CONFIG_NAME, _read_config
+
+    init = _read_config(Path(cfg.init_from) / CONFIG_NAME)
+    default = TrainConfig()
+    changes = {}
+    for key in _ARCH_KEYS:
+        have, want = getattr(cfg, key), getattr(init, key)
+        if have == want:
+            continue
+        check(
+            have == getattr(default, key),
+            f"init_from {cfg.init_from} has {key}={want!r}, this run asks for {have!r}",
+        )
+        changes[key] = want
+    return replace(cfg, **changes)
+
+
 def _load_caches(caches: list, model: nn.Module) -> dict[str, torch.Tensor]:
     from redrafter_rs.teacher import _concat
 
@@ -434,6 +460,8 @@ def _build_drafter(
 ) -> RecurrentDrafter:
     if state is not None:
         drafter = _drafter_from_state(state, model)
+    elif cfg.init_from:
+        drafter = RecurrentDrafter.from_pretrained(cfg.init_from, target=model)
     else:
         torch.manual_seed(cfg.seed)
         vocab_size = target_embedding(model).weight.shape[0]

@@ -32,6 +32,14 @@ def add_train_parser(sub) -> None:
     data.add_argument("--model", default=None, help="HF model directory (default: SmolLM2-135M)")
     data.add_argument("--instructions", type=int, default=0, help="built-in prompts to answer")
     data.add_argument("--docs", default=None, help="doc tree whose passages become prompts too")
+    data.add_argument(
+        "--sampled-prompts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N user prompts written by the target itself (sampled from its chat template's "
+        "user header), then answered",
+    )
     data.add_argument("--data", nargs="*", default=[], help="text files, directories, JSONL")
     data.add_argument("--self-distill", action="store_true", help="answer --data JSONL prompts")
     data.add_argument("--cache", default=None, help="teacher cache root directory")
@@ -46,8 +54,9 @@ def add_train_parser(sub) -> None:
         type=_shard,
         default=None,
         metavar="K/N",
-        help="answer only prompts K, K+N, ... of --instructions (one process per core; implies "
-        "--gen-only); train on the shards with --caches",
+        help="answer only prompts K, K+N, ... of --instructions (and write every N-th of "
+        "--sampled-prompts; one process per core; implies --gen-only); train on the shards "
+        "with --caches",
     )
     data.add_argument("--caches", nargs="*", default=[], help="existing teacher caches to use")
     m = p.add_argument_group("drafter")
@@ -56,6 +65,13 @@ def add_train_parser(sub) -> None:
     m.add_argument("--no-rnn", dest="rnn", action="store_false")
     m.add_argument("--draft-vocab", type=int, default=8192, help="0: the full vocabulary")
     m.add_argument("--beam-length", "-L", type=int, default=5, help="L (includes the root)")
+    m.add_argument(
+        "--init",
+        default=None,
+        metavar="DIR",
+        help="fine-tune this drafter (a from_pretrained directory; 'shipped': the default "
+        "model's) instead of starting from random weights; its architecture is kept",
+    )
     t = p.add_argument_group("training")
     t.add_argument("--out", default=None, help="run directory (checkpoint.pt, drafter/)")
     t.add_argument("--steps", type=int, default=1000)
@@ -85,7 +101,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     model, tok, name = _load_target(args.model)
     root = Path(args.cache) if args.cache else _default_cache_root(name)
     caches = build_caches(model, tok, root, args) + _existing_caches(args.caches)
-    check(caches, "no training data: pass --instructions N, --data PATH ... or --caches DIR ...")
+    check(
+        caches,
+        "no training data: pass --instructions N, --sampled-prompts N, --data PATH ... "
+        "or --caches DIR ...",
+    )
     if args.gen_only or args.gen_shard:
         return 0
     check(args.out, "--out DIR is needed to train (or pass --gen-only to only build caches)")
@@ -103,6 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ckpt_every=args.ckpt_every,
         eval_every=args.eval_every,
         log_every=args.log_every,
+        init_from=_init_dir(args.init),
     )
     result = train_drafter(
         model,
@@ -132,6 +153,14 @@ def _load_target(path: str | None):
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(path), Path(path).name
+
+
+def _init_dir(init: str | None) -> str | None:
+    if init == "shipped":
+        from redrafter_rs.assets import DEFAULT_DRAFTER
+
+        return str(DEFAULT_DRAFTER)
+    return init
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -197,6 +226,8 @@ def build_caches(model, tok, root: Path, args: argparse.Namespace) -> list[Path]
         directory = root / f"instructions-n{cfg.num_prompts}-seed{cfg.seed}{suffix}"
         generate_cache(model, encode_prompts(tok, prompts), directory, cfg, eos, log)
         caches.append(directory)
+    if args.sampled_prompts:
+        caches.append(_sampled_cache(model, tok, root, args, eos, log))
     if args.data:
         files = _expand(args.data)
         key = _digest([str(f) for f in files] + [args.window, args.self_distill, args.top_k])
@@ -213,6 +244,42 @@ def build_caches(model, tok, root: Path, args: argparse.Namespace) -> list[Path]
             teacher_force_cache(model, tok, files, directory, args.window, args.top_k, log)
         caches.append(directory)
     return caches
+
+
+def _sampled_cache(model, tok, root: Path, args, eos: set[int], log) -> Path:
+    """Prompts the target writes itself (kept in `prompts.json`, so a resumed run answers the
+    same ones), answered greedily. A shard K/N writes its share with its own seed."""
+    from redrafter_rs._io import atomic_write_json
+    from redrafter_rs.selfdistill import (
+        SelfDistillConfig,
+        encode_prompts,
+        generate_cache,
+        sampled_prompts,
+    )
+
+    n, seed, suffix = args.sampled_prompts, args.seed, ""
+    if args.gen_shard:
+        k, shards = args.gen_shard
+        n, seed = len(range(k, n, shards)), int(_digest([seed, k, shards]), 16)
+        suffix = f"-shard{k}of{shards}"
+    directory = root / f"sampled-n{args.sampled_prompts}-seed{args.seed}{suffix}"
+    path = directory / "prompts.json"
+    if path.is_file():
+        prompts = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        prompts = sampled_prompts(model, tok, n, seed, batch_size=args.gen_batch, log=log)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, prompts)
+    cfg = SelfDistillConfig(
+        num_prompts=len(prompts),
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.gen_batch,
+        top_k=args.top_k,
+        seed=seed,
+        time_budget_s=args.gen_budget * 60 if args.gen_budget else None,
+    )
+    generate_cache(model, encode_prompts(tok, prompts), directory, cfg, eos, log)
+    return directory
 
 
 def _expand(paths: list[str]) -> list[Path]:
