@@ -246,8 +246,10 @@ def test_init_from_fine_tunes_an_existing_drafter(model, cache, tmp_path):
     )
     with pytest.raises(rr.RedrafterError, match="has exit_dim=64, this run asks for 32"):
         train_drafter(model, cache, tmp_path / "x", _config(exit_dim=32, init_from=cfg.init_from))
-    with pytest.raises(rr.RedrafterError, match="different target"):
-        train_drafter(tiny_llama(seed=4), cache, tmp_path / "y", cfg, progress=False)
+    other = tiny_llama(seed=4)  # same shapes, other weights, with a cache of its own
+    other_cache = _tiny_cache(other, tmp_path / "other-cache", n=4, max_new=8)
+    with pytest.raises(rr.RedrafterError, match="drafter/target mismatch"):
+        train_drafter(other, other_cache, tmp_path / "y", cfg, progress=False)
 
 
 # ---- data parallel ----------------------------------------------------------------------------
