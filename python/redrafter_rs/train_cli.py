@@ -198,7 +198,6 @@ def _eval_prompts(tok, n: int, seed: int) -> list[torch.Tensor]:
 def build_caches(model, tok, root: Path, args: argparse.Namespace) -> list[Path]:
     """Produce (or finish) every cache the arguments ask for; returns their directories."""
     from redrafter_rs.selfdistill import (
-        SelfDistillConfig,
         builtin_prompts,
         encode_prompts,
         eos_ids,
@@ -209,20 +208,18 @@ def build_caches(model, tok, root: Path, args: argparse.Namespace) -> list[Path]
     caches = []
     eos = eos_ids(model, tok)
     if args.instructions:
-        cfg = SelfDistillConfig(
+        cfg = _gen_config(
+            args,
             num_prompts=args.instructions,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.gen_batch,
-            top_k=args.top_k,
             seed=args.seed,
             docs=args.docs,
-            time_budget_s=args.gen_budget * 60 if args.gen_budget else None,
+            time_budget_s=_gen_budget_s(args),
         )
-        suffix = "-docs" if cfg.docs else ""
         prompts = builtin_prompts(cfg)
         if args.gen_shard:
             k, n = args.gen_shard
-            prompts, suffix = prompts[k::n], f"{suffix}-shard{k}of{n}"
+            prompts = prompts[k::n]
+        suffix = ("-docs" if cfg.docs else "") + _shard_suffix(args)
         directory = root / f"instructions-n{cfg.num_prompts}-seed{cfg.seed}{suffix}"
         generate_cache(model, encode_prompts(tok, prompts), directory, cfg, eos, log)
         caches.append(directory)
@@ -232,9 +229,7 @@ def build_caches(model, tok, root: Path, args: argparse.Namespace) -> list[Path]
         files = _expand(args.data)
         key = _digest([str(f) for f in files] + [args.window, args.self_distill, args.top_k])
         if args.self_distill:
-            cfg = SelfDistillConfig(
-                max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch, top_k=args.top_k
-            )
+            cfg = _gen_config(args)
             texts = _jsonl_prompts(tok, files)
             prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
             directory = root / f"selfdistill-{key}"
@@ -250,19 +245,13 @@ def _sampled_cache(model, tok, root: Path, args, eos: set[int], log) -> Path:
     """Prompts the target writes itself (kept in `prompts.json`, so a resumed run answers the
     same ones), answered greedily. A shard K/N writes its share with its own seed."""
     from redrafter_rs._io import atomic_write_json
-    from redrafter_rs.selfdistill import (
-        SelfDistillConfig,
-        encode_prompts,
-        generate_cache,
-        sampled_prompts,
-    )
+    from redrafter_rs.selfdistill import encode_prompts, generate_cache, sampled_prompts
 
-    n, seed, suffix = args.sampled_prompts, args.seed, ""
+    n, seed = args.sampled_prompts, args.seed
     if args.gen_shard:
         k, shards = args.gen_shard
         n, seed = len(range(k, n, shards)), int(_digest([seed, k, shards]), 16)
-        suffix = f"-shard{k}of{shards}"
-    directory = root / f"sampled-n{args.sampled_prompts}-seed{args.seed}{suffix}"
+    directory = root / f"sampled-n{args.sampled_prompts}-seed{args.seed}{_shard_suffix(args)}"
     path = directory / "prompts.json"
     if path.is_file():
         prompts = json.loads(path.read_text(encoding="utf-8"))
@@ -270,16 +259,30 @@ def _sampled_cache(model, tok, root: Path, args, eos: set[int], log) -> Path:
         prompts = sampled_prompts(model, tok, n, seed, batch_size=args.gen_batch, log=log)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, prompts)
-    cfg = SelfDistillConfig(
-        num_prompts=len(prompts),
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.gen_batch,
-        top_k=args.top_k,
-        seed=seed,
-        time_budget_s=args.gen_budget * 60 if args.gen_budget else None,
-    )
+    cfg = _gen_config(args, num_prompts=len(prompts), seed=seed, time_budget_s=_gen_budget_s(args))
     generate_cache(model, encode_prompts(tok, prompts), directory, cfg, eos, log)
     return directory
+
+
+def _gen_config(args, **fields):
+    """The generation settings every self-distillation cache shares, plus `fields`."""
+    from redrafter_rs.selfdistill import SelfDistillConfig
+
+    return SelfDistillConfig(
+        max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch, top_k=args.top_k, **fields
+    )
+
+
+def _gen_budget_s(args) -> float | None:
+    return args.gen_budget * 60 if args.gen_budget else None
+
+
+def _shard_suffix(args) -> str:
+    """Cache-directory suffix of a `--gen-shard K/N` run ("" when not sharded)."""
+    if not args.gen_shard:
+        return ""
+    k, n = args.gen_shard
+    return f"-shard{k}of{n}"
 
 
 def _expand(paths: list[str]) -> list[Path]:
