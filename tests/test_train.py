@@ -18,6 +18,7 @@ import redrafter_rs as rr
 from conftest import tiny_llama
 from redrafter_rs.selfdistill import (
     SelfDistillConfig,
+    builtin_openings,
     generate_cache,
     greedy_record,
     instruction_prompts,
@@ -92,15 +93,33 @@ def test_sampled_prompts_are_complete_distinct_and_seeded(smollm):
         assert len(text) >= 16 and "<|im_" not in text and text == text.strip()
 
 
-def test_cli_sampled_prompts_are_kept_and_answered(tmp_path):
+def test_sampled_prompts_start_from_the_openings(smollm):
+    model, tok = smollm
+    openings = ["Write a Python function", "Solve"]
+    kw = dict(batch_size=6, max_new_tokens=48, openings=openings, log=None)
+    first = sampled_prompts(model, tok, 4, seed=2, **kw)
+    assert first == sampled_prompts(model, tok, 4, seed=2, **kw)
+    assert len(first) == 4 and len({p.lower() for p in first}) == 4
+    for text in first:
+        start = next(o for o in openings if text.startswith(o))
+        assert len(text) > len(start) + 8 and "<|im_" not in text
+    builtin = builtin_openings()
+    assert len(builtin) >= 40 and len(set(builtin)) == len(builtin) and all(builtin)
+
+
+@pytest.mark.parametrize("opened", [False, True])
+def test_cli_sampled_prompts_are_kept_and_answered(tmp_path, opened):
     from redrafter_rs.cli import main
 
     cmd = ["train", "--cache", str(tmp_path), "--sampled-prompts", "4", "--gen-shard", "1/2"]
     cmd += ["--gen-batch", "4", "--max-new-tokens", "4", "--threads", "1"]
+    cmd += ["--sampled-openings"] if opened else []
     assert main(cmd) == 0
-    directory = tmp_path / "sampled-n4-seed0-shard1of2"
+    directory = tmp_path / f"sampled{'-open' if opened else ''}-n4-seed0-shard1of2"
     prompts = json.loads((directory / "prompts.json").read_text())
     assert len(prompts) == 2 and all(isinstance(p, str) for p in prompts)
+    if opened:
+        assert all(any(p.startswith(o) for o in builtin_openings()) for p in prompts)
     assert read_manifest(directory).items_done == 2
     assert main(cmd) == 0  # resumed: the same prompts, nothing new to answer
     assert json.loads((directory / "prompts.json").read_text()) == prompts

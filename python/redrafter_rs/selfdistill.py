@@ -19,6 +19,7 @@ import math
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -162,6 +163,7 @@ def sampled_prompts(
     batch_size: int = 48,
     max_new_tokens: int = 96,
     min_chars: int = 16,
+    openings: Sequence[str] | None = None,
     log=print,
 ) -> list[str]:
     """Up to `n` distinct user prompts written by the target itself.
@@ -170,11 +172,15 @@ def sampled_prompts(
     "Magpie" recipe, Xu et al. 2024), sampled at temperature 1 (top-p 0.98), so it writes the
     kind of requests it was tuned on: far more varied than templates. Kept: complete turns
     (ended by an end-of-sequence token) of at least `min_chars` characters, each text once.
+
+    With `openings`, each sample starts from an opening drawn at random ("Write a Python",
+    "Solve", ...) that the target completes: left alone, a small target mostly writes one or two
+    kinds of request ("Can you help me ...", "I'm ..."); openings spread them over tasks.
     """
     prefix = tokenizer(pre_query_prefix(tokenizer), add_special_tokens=False).input_ids
     eos = eos_ids(model, tokenizer)
     device = next(model.parameters()).device
-    ids = torch.tensor([prefix] * batch_size, device=device)  # [B, P]
+    pick = random.Random(seed)
     out: list[str] = []
     seen: set[str] = set()
     rounds = 3 * math.ceil(n / batch_size) + 1  # give up if most samples are rejected
@@ -183,9 +189,11 @@ def sampled_prompts(
         for r in range(rounds):
             if len(out) >= n:
                 break
+            starts = [pick.choice(openings) if openings else "" for _ in range(batch_size)]
+            ids, mask = _opened_batch(tokenizer, prefix, starts, min(eos))  # [B, P]
             rows = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 do_sample=True,
                 temperature=1.0,
                 top_p=0.98,
@@ -193,8 +201,8 @@ def sampled_prompts(
                 max_new_tokens=max_new_tokens,
                 eos_token_id=sorted(eos),
                 pad_token_id=min(eos),
-            )[:, len(prefix) :].tolist()
-            for text in _complete_turns(rows, eos, tokenizer, min_chars):
+            )[:, ids.shape[1] :].tolist()
+            for text in _complete_turns(rows, starts, eos, tokenizer, min_chars):
                 if text.lower() not in seen and len(out) < n:
                     seen.add(text.lower())
                     out.append(text)
@@ -204,13 +212,20 @@ def sampled_prompts(
     return out
 
 
-def _complete_turns(rows: list[list[int]], eos: set[int], tokenizer, min_chars: int):
-    for row in rows:
+def _opened_batch(tokenizer, prefix: list[int], starts: list[str], pad_id: int):
+    """The pre-query prefix followed by each row's opening, left-padded."""
+    rows = [prefix + tokenizer(s, add_special_tokens=False).input_ids for s in starts]
+    return left_pad(rows, pad_id)
+
+
+def _complete_turns(rows: list[list[int]], starts: list[str], eos: set[int], tokenizer, min_chars):
+    for row, start in zip(rows, starts, strict=True):
         end = next((j for j, t in enumerate(row) if t in eos), None)
         if end is None:
             continue  # cut off by max_new_tokens
-        text = tokenizer.decode(row[:end], skip_special_tokens=True).strip()
-        if len(text) >= min_chars:
+        rest = tokenizer.decode(row[:end], skip_special_tokens=True)
+        text = (start + rest).strip()
+        if len(text) >= min_chars and len(rest.strip()) >= min_chars // 2:
             yield text
 
 
@@ -286,6 +301,11 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
 
     texts = [chat_prompt(tokenizer, p) for p in prompts]
     return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+
+def builtin_openings() -> list[str]:
+    """The built-in openings for `sampled_prompts`: task verbs across the eight categories."""
+    return json.loads(INSTRUCTIONS.read_text(encoding="utf-8"))["openings"]
 
 
 def builtin_prompts(config: SelfDistillConfig) -> list[str]:

@@ -40,6 +40,12 @@ def add_train_parser(sub) -> None:
         help="N user prompts written by the target itself (sampled from its chat template's "
         "user header), then answered",
     )
+    data.add_argument(
+        "--sampled-openings",
+        action="store_true",
+        help='start each sampled prompt with a built-in opening ("Write a Python function", '
+        '"Solve", ...) for a spread of tasks',
+    )
     data.add_argument("--data", nargs="*", default=[], help="text files, directories, JSONL")
     data.add_argument("--self-distill", action="store_true", help="answer --data JSONL prompts")
     data.add_argument("--cache", default=None, help="teacher cache root directory")
@@ -245,18 +251,27 @@ def _sampled_cache(model, tok, root: Path, args, eos: set[int], log) -> Path:
     """Prompts the target writes itself (kept in `prompts.json`, so a resumed run answers the
     same ones), answered greedily. A shard K/N writes its share with its own seed."""
     from redrafter_rs._io import atomic_write_json
-    from redrafter_rs.selfdistill import encode_prompts, generate_cache, sampled_prompts
+    from redrafter_rs.selfdistill import (
+        builtin_openings,
+        encode_prompts,
+        generate_cache,
+        sampled_prompts,
+    )
 
     n, seed = args.sampled_prompts, args.seed
     if args.gen_shard:
         k, shards = args.gen_shard
         n, seed = len(range(k, n, shards)), int(_digest([seed, k, shards]), 16)
-    directory = root / f"sampled-n{args.sampled_prompts}-seed{args.seed}{_shard_suffix(args)}"
+    openings = builtin_openings() if args.sampled_openings else None
+    kind = "sampled-open" if openings else "sampled"
+    directory = root / f"{kind}-n{args.sampled_prompts}-seed{args.seed}{_shard_suffix(args)}"
     path = directory / "prompts.json"
     if path.is_file():
         prompts = json.loads(path.read_text(encoding="utf-8"))
     else:
-        prompts = sampled_prompts(model, tok, n, seed, batch_size=args.gen_batch, log=log)
+        prompts = sampled_prompts(
+            model, tok, n, seed, batch_size=args.gen_batch, openings=openings, log=log
+        )
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, prompts)
     cfg = _gen_config(args, num_prompts=len(prompts), seed=seed, time_budget_s=_gen_budget_s(args))
