@@ -96,10 +96,8 @@ def test_sampled_prompts_are_complete_distinct_and_seeded(smollm):
 def test_sampled_prompts_start_from_the_openings(smollm):
     model, tok = smollm
     openings = ["Write a Python function", "Solve"]
-    kw = dict(batch_size=6, max_new_tokens=48, openings=openings, log=None)
-    first = sampled_prompts(model, tok, 4, seed=2, **kw)
-    assert first == sampled_prompts(model, tok, 4, seed=2, **kw)
-    assert len(first) == 4 and len({p.lower() for p in first}) == 4
+    first = sampled_prompts(model, tok, 3, seed=2, batch_size=6, openings=openings, log=None)
+    assert len(first) == 3 and len({p.lower() for p in first}) == 3
     for text in first:
         start = next(o for o in openings if text.startswith(o))
         assert len(text) > len(start) + 8 and "<|im_" not in text
