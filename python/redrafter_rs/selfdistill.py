@@ -56,6 +56,11 @@ _DOC_TEMPLATES = (
 
 
 # ---- prompts ----------------------------------------------------------------------------------
+def _builtin_spec() -> dict:
+    """`train_data/instructions.json`: templates, topics, styles and openings by category."""
+    return json.loads(INSTRUCTIONS.read_text(encoding="utf-8"))
+
+
 def _numbers(rng: random.Random) -> dict[str, int]:
     a = rng.randint(2, 12)
     step = rng.randint(2, 9)
@@ -89,7 +94,7 @@ def instruction_prompts(n: int, seed: int = 0, passages: list[str] | None = None
 
     A category whose combinations run out (many repeats in a row) drops out of the rotation.
     """
-    spec = json.loads(INSTRUCTIONS.read_text(encoding="utf-8"))
+    spec = _builtin_spec()
     rng = random.Random(seed)
     kinds = list(CATEGORIES) + (["docs"] if passages else [])
     seen: set[str] = set()
@@ -305,7 +310,7 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 def builtin_openings() -> list[str]:
     """The built-in openings for `sampled_prompts`: task verbs across the eight categories."""
-    return json.loads(INSTRUCTIONS.read_text(encoding="utf-8"))["openings"]
+    return _builtin_spec()["openings"]
 
 
 def builtin_prompts(config: SelfDistillConfig) -> list[str]:
