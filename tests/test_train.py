@@ -87,7 +87,8 @@ def test_sampled_prompts_are_complete_distinct_and_seeded(smollm):
     first = sampled_prompts(model, tok, 3, seed=5, batch_size=6, max_new_tokens=48, log=None)
     assert torch.equal(torch.rand(3), expected_next)  # the caller's RNG stream is untouched
     again = sampled_prompts(model, tok, 3, seed=5, batch_size=6, max_new_tokens=48, log=None)
-    assert first == again
+    other = sampled_prompts(model, tok, 3, seed=6, batch_size=6, max_new_tokens=48, log=None)
+    assert first == again and first != other
     assert len(first) == 3 and len({p.lower() for p in first}) == 3
     for text in first:
         assert len(text) >= 16 and "<|im_" not in text and text == text.strip()
@@ -117,7 +118,8 @@ def test_cli_sampled_prompts_are_kept_and_answered(tmp_path, opened):
     prompts = json.loads((directory / "prompts.json").read_text())
     assert len(prompts) == 2 and all(isinstance(p, str) for p in prompts)
     if opened:
-        assert all(any(p.startswith(o) for o in builtin_openings()) for p in prompts)
+        openings = builtin_openings()
+        assert all(any(p.startswith(o) for o in openings) for p in prompts)
     assert read_manifest(directory).items_done == 2
     assert main(cmd) == 0  # resumed: the same prompts, nothing new to answer
     assert json.loads((directory / "prompts.json").read_text()) == prompts
