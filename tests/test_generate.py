@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -100,6 +102,19 @@ def test_stats_are_consistent(tiny_model, tiny_drafter):
 
 
 # ---- the real default model, offline ----------------------------------------------------
+
+
+def test_no_deprecated_transformers_arguments(tiny_model, tiny_drafter):
+    """transformers 5.24 renamed the decoder's `past_key_values` argument to `cache` (the old name
+    goes in 5.40): the engine passes whichever the installed version takes, without warnings."""
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = rr.generate(tiny_model, tiny_drafter, ids, max_new_tokens=12, beam_width=2)
+    assert torch.equal(out.sequences, _plain(tiny_model, ids, 12))
+    kinds = (FutureWarning, DeprecationWarning)
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, kinds)]
+    assert not deprecations, deprecations
 
 
 def test_concurrent_first_use_conversion_keeps_the_winner(smollm, tmp_path):

@@ -6,6 +6,8 @@ state is produced, then applies the LM head to exactly the rows that need logits
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from transformers import DynamicCache
@@ -23,6 +25,13 @@ def left_pad(prompts, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         ids[i, T - len(p) :] = torch.as_tensor(p, dtype=torch.long)
         mask[i, T - len(p) :] = 1
     return ids, mask
+
+
+def _cache_kwarg(decoder: nn.Module) -> str:
+    """The forward argument that takes the KV cache: `cache` in recent transformers (5.24 has it
+    and deprecates `past_key_values`, to be removed in 5.40), `past_key_values` before."""
+    params = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 class Target:
@@ -43,6 +52,7 @@ class Target:
         self.softcap = getattr(self.config, "final_logit_softcapping", None)
         self.attn_impl = getattr(self.config, "_attn_implementation", "sdpa")
         self.max_positions = getattr(self.config, "max_position_embeddings", None)
+        self._cache_kwarg = _cache_kwarg(self.decoder)
 
     @property
     def device(self) -> torch.device:
@@ -77,8 +87,8 @@ class Target:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_kwarg: cache},
         )
         return out.last_hidden_state
 
