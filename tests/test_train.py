@@ -30,8 +30,10 @@ from redrafter_rs.teacher import load_chunks, read_manifest, teacher_force
 from redrafter_rs.train import (
     CHECKPOINT,
     TrainConfig,
+    distill_loss,
     evaluate_tau,
     export_drafter,
+    grow_blocks,
     load_checkpoint,
     train_drafter,
     validate,
@@ -211,6 +213,40 @@ def test_training_lowers_loss_and_raises_tau(model, cache, tmp_path):
     assert tau_trained > tau_untrained + 0.5, (tau_trained, tau_untrained)
 
 
+def test_hard_weight_adds_cross_entropy_on_the_teachers_top1():
+    """loss(w) = KL + w x mean CE of the teacher's top-1 token, per depth, over valid anchors whose
+    top-1 token is in the draft vocabulary."""
+    gen = torch.Generator().manual_seed(0)
+    B, D, K, V, Vd = 6, 3, 4, 20, 8
+    t2d = torch.full((V,), -1)
+    t2d[torch.arange(0, V, 2)[:Vd]] = torch.arange(Vd)  # even ids < 16 are drafted
+    drafted = torch.arange(0, 2 * Vd, 2)
+    rows = [torch.randperm(V, generator=gen) for _ in range(B * D)]
+    # top-1 drafted (rotated to the front), the rest of the top-k anything
+    rows = [r.roll(-int((r[:, None] == drafted).any(1).nonzero()[0])) for r in rows]
+    topk_ids = torch.stack(rows)[:, :K].view(B, D, K)
+    topk_ids[0, 0, 0], topk_ids[1, 2, 0] = 3, 17  # top-1 outside the draft vocabulary
+    batch = {
+        "topk_ids": topk_ids,
+        "topk_logits": torch.randn(B, D, K, generator=gen).sort(-1, descending=True).values,
+        "valid": torch.ones(B, D, dtype=torch.bool),
+    }
+    batch["valid"][5, 1:] = False
+    logits = torch.randn(B, D, Vd, generator=gen)
+    kl_only, stats = distill_loss(logits, batch, t2d)
+    mixed, _ = distill_loss(logits, batch, t2d, hard_weight=0.5)
+    expected = 0.0
+    for i in range(D):
+        top1 = t2d[topk_ids[:, i, 0]]
+        keep = batch["valid"][:, i] & (top1 >= 0)
+        ce = torch.nn.functional.cross_entropy(logits[keep, i], top1[keep])
+        expected += float(ce)
+    assert abs(float(mixed - kl_only) - 0.5 * expected) < 1e-5
+    assert abs(float(kl_only) - float(stats["kl"].sum())) < 1e-6
+    with pytest.raises(rr.RedrafterError, match="hard_weight"):
+        TrainConfig(hard_weight=-1.0)
+
+
 def test_resume_matches_uninterrupted_run(model, cache, tmp_path):
     cfg = _config(steps=16, ckpt_every=4)
     whole = train_drafter(model, cache, tmp_path / "a", cfg, progress=False)
@@ -227,6 +263,8 @@ def test_bad_checkpoints_give_clear_errors(model, cache, tmp_path):
     train_drafter(model, cache, tmp_path, cfg, progress=False)
     with pytest.raises(rr.RedrafterError, match="does not match this run: exit_dim"):
         train_drafter(model, cache, tmp_path, _config(steps=8, exit_dim=32), resume=True)
+    with pytest.raises(rr.RedrafterError, match="hard_weight: checkpoint 0.0 vs now 1.0"):
+        train_drafter(model, cache, tmp_path, _config(steps=8, hard_weight=1.0), resume=True)
     with pytest.raises(rr.RedrafterError, match="different target"):
         train_drafter(tiny_llama(seed=4), cache, tmp_path, cfg, resume=True)
     path = tmp_path / CHECKPOINT
@@ -265,6 +303,17 @@ def test_init_from_fine_tunes_an_existing_drafter(model, cache, tmp_path):
     )
     with pytest.raises(rr.RedrafterError, match="has exit_dim=64, this run asks for 32"):
         train_drafter(model, cache, tmp_path / "x", _config(exit_dim=32, init_from=cfg.init_from))
+    # more residual blocks than the init drafter: the new ones start as the identity
+    hidden, state = torch.randn(2, 5, 64).unbind(0)
+    grown_only = grow_blocks(base.drafter.eval(), 3)
+    assert torch.equal(grown_only.logits(hidden, state), base.drafter.logits(hidden, state))
+    cfg.num_layers = 3
+    grown = train_drafter(model, cache, tmp_path / "grown", cfg, progress=False)
+    assert grown.drafter.config.num_layers == 3
+    grown_val = validate(grown.drafter, model, cache, beam_length=4)
+    assert grown_val["acc_per_depth"] == start["acc_per_depth"]
+    assert grown.drafter.blocks[2].linear.weight.abs().sum() > 0  # the new blocks train
+    cfg.num_layers = 1
     other = tiny_llama(seed=4)  # same shapes, other weights, with a cache of its own
     other_cache = _tiny_cache(other, tmp_path / "other-cache", n=4, max_new=8)
     with pytest.raises(rr.RedrafterError, match="drafter/target mismatch"):

@@ -47,6 +47,7 @@ _RESUME_KEYS = (
     "init_head_from_target",
     "freeze_head",
     "init_from",
+    "hard_weight",
 )
 _ARCH_KEYS = ("exit_dim", "num_layers", "rnn", "draft_vocab_size")
 
@@ -61,6 +62,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 256  # anchors per step and process
     lr: float = 2e-3
+    hard_weight: float = 0.0  # + this x cross-entropy on the teacher's top-1 token, per depth
     warmup_steps: int = 50
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.0
@@ -77,6 +79,7 @@ class TrainConfig:
         check(self.beam_length >= 2, f"beam_length must be >= 2, got {self.beam_length}")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.hard_weight >= 0, f"hard_weight must be >= 0, got {self.hard_weight}")
 
     @property
     def depths(self) -> int:
@@ -193,9 +196,17 @@ def teacher_targets(
 
 
 def distill_loss(
-    logits: torch.Tensor, batch: dict[str, torch.Tensor], target_to_draft: torch.Tensor
+    logits: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    target_to_draft: torch.Tensor,
+    hard_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Summed-over-depths KL (mean over anchors) and per-depth stats: kl, correct, n (each [D])."""
+    """Summed-over-depths loss (mean over anchors) and per-depth stats: kl, correct, n (each [D]).
+
+    The loss is KL(teacher || drafter) per depth, plus `hard_weight` times the cross-entropy of
+    the teacher's top-1 token (the one greedy verification accepts) where the draft vocabulary
+    has it.
+    """
     draft_idx, probs, kept = teacher_targets(
         batch["topk_ids"], batch["topk_logits"], target_to_draft
     )
@@ -206,11 +217,17 @@ def distill_loss(
     kl = (probs * (log_p - log_q_k)).sum(-1)  # [B, D]
     count = weight.sum(0)  # [D]
     kl_per_depth = (kl * weight).sum(0) / count.clamp(min=1)  # [D]
+    top1 = target_to_draft[batch["topk_ids"][..., 0]]  # [B, D], -1 = not in the draft vocabulary
+    loss = kl_per_depth.sum()
+    if hard_weight:
+        hard = (batch["valid"] & (top1 >= 0)).float()  # [B, D]
+        nll = -log_q.gather(-1, top1.clamp(min=0)[..., None]).squeeze(-1)  # [B, D]
+        loss = loss + hard_weight * ((nll * hard).sum(0) / hard.sum(0).clamp(min=1)).sum()
     with torch.no_grad():  # top-1 agreement with the target's own argmax
-        correct = (logits.argmax(-1) == target_to_draft[batch["topk_ids"][..., 0]]).float()
+        correct = (logits.argmax(-1) == top1).float()
         correct = (correct * batch["valid"]).sum(0)  # [D]
     stats = {"kl": kl_per_depth.detach(), "correct": correct, "n": batch["valid"].float().sum(0)}
-    return kl_per_depth.sum(), stats
+    return loss, stats
 
 
 def init_head_from_target(drafter: RecurrentDrafter, model: nn.Module) -> bool:
@@ -311,11 +328,11 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def check_resumable(state: dict, cfg: TrainConfig, data_info: dict, path: Path) -> None:
     """Refuse a checkpoint whose architecture, data order or data differ from this run."""
-    saved = state["config"]
+    saved = {**asdict(TrainConfig()), **state["config"]}  # older checkpoints lack newer keys
     diff = [
-        f"{k}: checkpoint {saved.get(k)!r} vs now {getattr(cfg, k)!r}"
+        f"{k}: checkpoint {saved[k]!r} vs now {getattr(cfg, k)!r}"
         for k in _RESUME_KEYS
-        if saved.get(k) != getattr(cfg, k)
+        if saved[k] != getattr(cfg, k)
     ]
     check(not diff, f"training checkpoint {path} does not match this run: " + "; ".join(diff))
     for key in ("positions", "world_size"):
@@ -428,7 +445,8 @@ def train_drafter(
 
 def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with the architecture of its `init_from` drafter. A field the caller set to a
-    non-default value that differs from that drafter's is an error, not silently dropped."""
+    non-default value that differs from that drafter's is an error, not silently dropped; more
+    residual blocks than it has are allowed (see `grow_blocks`)."""
     if not cfg.init_from:
         return cfg
     from redrafter_rs.drafter import CONFIG_NAME, _read_config
@@ -438,7 +456,7 @@ def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
     changes = {}
     for key in _ARCH_KEYS:
         have, want = getattr(cfg, key), getattr(init, key)
-        if have == want:
+        if have == want or (key == "num_layers" and have > want):  # more blocks: grown
             continue
         check(
             have == getattr(default, key),
@@ -446,6 +464,22 @@ def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
         )
         changes[key] = want
     return replace(cfg, **changes)
+
+
+def grow_blocks(drafter: RecurrentDrafter, num_layers: int) -> RecurrentDrafter:
+    """`drafter` with residual blocks appended up to `num_layers`. A new block starts with zero
+    weight and bias, x + SiLU(0) = x: the grown drafter computes exactly what `drafter` did, and
+    training starts from there (SiLU'(0) = 1/2, so the new blocks do receive gradients)."""
+    have = drafter.config.num_layers
+    if num_layers <= have:
+        return drafter
+    grown = RecurrentDrafter(replace(drafter.config, num_layers=num_layers))
+    for block in grown.blocks[have:]:
+        nn.init.zeros_(block.linear.bias)  # weights are zero already (near-identity init)
+    missing, unexpected = grown.load_state_dict(drafter.state_dict(), strict=False)
+    new = {f"blocks.{i}.linear.{w}" for i in range(have, num_layers) for w in ("weight", "bias")}
+    check(set(missing) == new and not unexpected, f"cannot grow drafter: {missing} {unexpected}")
+    return grown.to(next(drafter.parameters()).device)
 
 
 def _load_caches(caches: list, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -462,6 +496,7 @@ def _build_drafter(
         drafter = _drafter_from_state(state, model)
     elif cfg.init_from:
         drafter = RecurrentDrafter.from_pretrained(cfg.init_from, target=model)
+        drafter = grow_blocks(drafter, cfg.num_layers)
     else:
         torch.manual_seed(cfg.seed)
         vocab_size = target_embedding(model).weight.shape[0]
@@ -552,7 +587,7 @@ class _Loop:
         for group in self.optim.param_groups:
             group["lr"] = lr_at(self.step, cfg)
         logits = self.net(batch["hidden"], token_emb)  # [B, D, V']
-        loss, stats = distill_loss(logits, batch, self.t2d)
+        loss, stats = distill_loss(logits, batch, self.t2d, cfg.hard_weight)
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

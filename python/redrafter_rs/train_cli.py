@@ -67,7 +67,12 @@ def add_train_parser(sub) -> None:
     data.add_argument("--caches", nargs="*", default=[], help="existing teacher caches to use")
     m = p.add_argument_group("drafter")
     m.add_argument("--exit-dim", type=int, default=None, help="residual width (default 2H)")
-    m.add_argument("--layers", type=int, default=1)
+    m.add_argument(
+        "--layers",
+        type=int,
+        default=1,
+        help="residual blocks; with --init, more than the init drafter has adds identity blocks",
+    )
     m.add_argument("--no-rnn", dest="rnn", action="store_false")
     m.add_argument("--draft-vocab", type=int, default=8192, help="0: the full vocabulary")
     m.add_argument("--beam-length", "-L", type=int, default=5, help="L (includes the root)")
@@ -83,6 +88,12 @@ def add_train_parser(sub) -> None:
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument(
+        "--hard-weight",
+        type=float,
+        default=0.0,
+        help="add this x cross-entropy on the target's top-1 token to the KL loss",
+    )
     t.add_argument("--warmup", type=int, default=50)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -124,6 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        hard_weight=args.hard_weight,
         warmup_steps=args.warmup,
         seed=args.seed,
         ckpt_every=args.ckpt_every,
