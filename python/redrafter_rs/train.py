@@ -195,6 +195,11 @@ def teacher_targets(
     return draft_idx.clamp(min=0), probs, kept
 
 
+def _depth_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-depth mean [D] of x [B, D] over the anchors where weight [B, D] is 1."""
+    return (x * weight).sum(0) / weight.sum(0).clamp(min=1)
+
+
 def distill_loss(
     logits: torch.Tensor,
     batch: dict[str, torch.Tensor],
@@ -215,14 +220,13 @@ def distill_loss(
     log_q_k = log_q.gather(-1, draft_idx)  # [B, D, K]
     log_p = torch.where(probs > 0, probs.clamp(min=1e-12).log(), torch.zeros_like(probs))
     kl = (probs * (log_p - log_q_k)).sum(-1)  # [B, D]
-    count = weight.sum(0)  # [D]
-    kl_per_depth = (kl * weight).sum(0) / count.clamp(min=1)  # [D]
+    kl_per_depth = _depth_mean(kl, weight)  # [D]
     top1 = target_to_draft[batch["topk_ids"][..., 0]]  # [B, D], -1 = not in the draft vocabulary
     loss = kl_per_depth.sum()
     if hard_weight:
-        hard = (batch["valid"] & (top1 >= 0)).float()  # [B, D]
         nll = -log_q.gather(-1, top1.clamp(min=0)[..., None]).squeeze(-1)  # [B, D]
-        loss = loss + hard_weight * ((nll * hard).sum(0) / hard.sum(0).clamp(min=1)).sum()
+        hard = (batch["valid"] & (top1 >= 0)).float()  # [B, D]
+        loss = loss + hard_weight * _depth_mean(nll, hard).sum()
     with torch.no_grad():  # top-1 agreement with the target's own argmax
         correct = (logits.argmax(-1) == top1).float()
         correct = (correct * batch["valid"]).sum(0)  # [D]
@@ -473,13 +477,11 @@ def grow_blocks(drafter: RecurrentDrafter, num_layers: int) -> RecurrentDrafter:
     have = drafter.config.num_layers
     if num_layers <= have:
         return drafter
-    grown = RecurrentDrafter(replace(drafter.config, num_layers=num_layers))
-    for block in grown.blocks[have:]:
-        nn.init.zeros_(block.linear.bias)  # weights are zero already (near-identity init)
+    grown = RecurrentDrafter(replace(drafter.config, num_layers=num_layers))  # blocks start at 0
     missing, unexpected = grown.load_state_dict(drafter.state_dict(), strict=False)
     new = {f"blocks.{i}.linear.{w}" for i in range(have, num_layers) for w in ("weight", "bias")}
     check(set(missing) == new and not unexpected, f"cannot grow drafter: {missing} {unexpected}")
-    return grown.to(next(drafter.parameters()).device)
+    return grown.to(next(drafter.parameters()))  # its device and dtype
 
 
 def _load_caches(caches: list, model: nn.Module) -> dict[str, torch.Tensor]:
