@@ -66,6 +66,12 @@ def test_bench_tiny_model_jsonl(tmp_path):
     assert {"hf_greedy", "plain_loop", "redrafter_2x4", "oracle_1x3", "hf_prompt_lookup"} <= names
     assert "plain_loop+fl" in names and "hf_assisted" in report["skipped"]
     assert {"retrieval_1x8", "redrafter+retrieval_1x3", "redrafter+retrieval_2x4"} <= names
+    for name in ("redrafter_auto", "redrafter+retrieval_auto"):  # the policy, up to 2x4
+        recs = [r for r in report["records"] if r["method"] == name]
+        assert len(recs) == 3 and all(r["equal"] for r in recs)
+        shapes = [s for r in recs for s in r["shapes"]]
+        assert sum(n for r in recs for n in r["shapes"].values()) == sum(r["steps"] for r in recs)
+        assert all(int(W) <= 2 and int(L) <= 4 for W, L in (s.split("x") for s in shapes))
     both = report["methods"]["redrafter+retrieval_2x4"]["sources"]
     assert set(both) == {"retrieval", "rnn"} and both["rnn"]["steps"] > 0
     alone = report["methods"]["retrieval_1x8"]
@@ -100,8 +106,11 @@ def test_cli_parses_bench_flags():
     )
     assert args.grid == ((1, 4), (4, 5)) and args.num_prompts == 20 and args.fast_linear
     assert args.retrieval and args.retrieval_grid == bench.DEFAULT_RETRIEVAL_GRID
-    args = build_parser().parse_args(["bench", "--no-retrieval", "--retrieval-grid", "2x6"])
-    assert not args.retrieval and args.retrieval_grid == ((2, 6),)
+    assert args.adaptive
+    args = build_parser().parse_args(
+        ["bench", "--no-retrieval", "--retrieval-grid", "2x6", "--no-adaptive"]
+    )
+    assert not args.retrieval and args.retrieval_grid == ((2, 6),) and not args.adaptive
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--grid", "4by5"])
     assert bench.spread(list(range(80)), 4) == [0, 20, 40, 60]

@@ -154,7 +154,8 @@ def test_smollm2_perfect_drafter_equals_generate(smollm, mt_bench_prompts):
 
 def test_cli_demo_with_retrieval_and_fast_linear(capsys):
     """`redrafter demo` end to end (default model, shipped drafter): output identical to
-    model.generate with retrieval drafts merged (the default) and the small-M kernels on."""
+    model.generate with retrieval drafts merged and the adaptive shape policy (the defaults),
+    and the small-M kernels on."""
     from redrafter_rs.cli import build_parser, main
 
     argv = ["demo", "--max-new-tokens", "12", "--fast-linear", "--threads", "1"]
@@ -162,7 +163,10 @@ def test_cli_demo_with_retrieval_and_fast_linear(capsys):
     out = capsys.readouterr().out
     assert "identical    : True" in out and "+ retrieval drafts, fast-linear kernels" in out
     assert "shipped (smollm2-135m-instruct-drafter)" in out
+    assert "adaptive up to W=4, L=4" in out and "shapes       : " in out
     assert not build_parser().parse_args(["demo", "--no-retrieval"]).retrieval
+    fixed = build_parser().parse_args(["demo", "--no-adaptive", "-W", "2", "-L", "3"])
+    assert not fixed.adaptive and (fixed.beam_width, fixed.beam_length) == (2, 3)
 
 
 def test_request_context_grows_incrementally():

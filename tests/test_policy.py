@@ -76,3 +76,32 @@ def test_adaptive_generation_stays_exact_and_calibrates(tiny_model, tiny_drafter
     assert max(L for _, L in shapes) > 1  # a perfect drafter gets speculation
     out = rr.generate(tiny_model, tiny_drafter, ids, max_new_tokens=40, adaptive=True)
     assert torch.equal(out.sequences, want)
+
+
+def test_calibration_is_measured_once_and_only_where_needed(tiny_model, tiny_drafter, monkeypatch):
+    """Target costs are timed lazily (only the points bracketing the tree sizes a batch-1
+    decision needs) and, with drafting costs, reused by later calls, retrieval wrappers too."""
+    from redrafter_rs import policy
+
+    timed: list[int] = []
+    time_target = ShapePolicy._time_target
+
+    def spy(target, prefilled, m, repeats):
+        timed.append(m)
+        return time_target(target, prefilled, m, repeats)
+
+    monkeypatch.setattr(ShapePolicy, "_time_target", staticmethod(spy))
+    policy._TARGET_MS.pop(tiny_model, None)
+    ids = torch.tensor([[4, 8, 15, 16, 23, 42]])
+    want = tiny_model.generate(ids, do_sample=False, max_new_tokens=24)
+    kw = dict(max_new_tokens=24, beam_width=4, beam_length=4, adaptive=True, retrieval=True)
+    out = rr.generate(tiny_model, tiny_drafter, ids, **kw)
+    assert torch.equal(out.sequences, want)
+    first = sorted(timed)
+    assert first and max(first) <= 16  # 4x4 has at most 13 nodes: no 24..128-token forwards
+    assert sum(out.stats.shapes.values()) == out.stats.steps
+    drafted = len(policy._DRAFT_MS[tiny_drafter])
+    timed.clear()
+    out = rr.generate(tiny_model, tiny_drafter, ids, **kw)  # a new retrieval wrapper
+    assert torch.equal(out.sequences, want)
+    assert timed == [] and len(policy._DRAFT_MS[tiny_drafter]) == drafted

@@ -6,6 +6,9 @@ Methods (all greedy, batch 1):
     plain_loop         our engine with W = L = 1: plain decoding through our own loop, which
                        separates engine overhead from what speculation gains
     redrafter_WxL      ReDrafter with beam width W and beam length L, one per grid point
+    redrafter_auto     ReDrafter with the load-aware policy (`adaptive=True`, policy.py): (W, L)
+                       chosen per step from measured costs and acceptance, up to the grid's
+                       largest W and L, plain decoding included
     hf_prompt_lookup   `model.generate(prompt_lookup_num_tokens=...)`
     hf_assisted        `model.generate(assistant_model=...)`, only with `--assistant DIR`
     oracle_WxL         with `oracle`: ReDrafter whose beam 0 is the baseline's own output (other
@@ -58,6 +61,7 @@ class BenchConfig:
     assistant: str | None = None  # same-tokenizer draft model dir for HF assisted generation
     fast_linear: bool = False  # also run every method with the small-M linear kernels
     oracle: bool = False  # also run oracle_WxL (perfect free drafter) for every grid point
+    adaptive: bool = True  # also redrafter_auto (and redrafter+retrieval_auto with retrieval)
     threads: int | None = None  # torch CPU threads (None: torch's default)
     dtype: str = "float32"  # float32 | bfloat16
     device: str = "cpu"
@@ -203,15 +207,23 @@ def _hf_runner(model: nn.Module, n: int, **kwargs) -> Callable:
 
 
 def _engine_runner(
-    model: nn.Module, drafter: nn.Module | None, n: int, W: int, L: int, retrieval=None
+    model: nn.Module,
+    drafter: nn.Module | None,
+    n: int,
+    W: int,
+    L: int,
+    retrieval=None,
+    adaptive: bool = False,
 ) -> Callable:
-    """`rr.generate` at (W, L); `retrieval` (a RetrievalConfig) merges retrieval drafts."""
+    """`rr.generate` at (W, L); `retrieval` (a RetrievalConfig) merges retrieval drafts;
+    `adaptive` lets the policy pick the shape per step, up to (W, L)."""
     from redrafter_rs.generate import generate
 
     def run(ids: torch.Tensor) -> tuple[list[int], dict]:
         out = generate(
-            model, drafter, ids, max_new_tokens=n, beam_width=W, beam_length=L, retrieval=retrieval
-        )
+            model, drafter, ids, max_new_tokens=n, beam_width=W, beam_length=L,
+            retrieval=retrieval, adaptive=adaptive,
+        )  # fmt: skip
         stats = out.stats
         hist = [0] * L
         for a in stats.accepted_per_step:
@@ -220,6 +232,7 @@ def _engine_runner(
             "steps": stats.steps,
             "verified_tokens": sum(stats.accepted_per_step) + stats.steps,
             "accepted_hist": hist,  # steps that accepted 0, 1, ..., L-1 draft tokens
+            "shapes": dict(stats.shapes),  # "WxL" -> steps (several with adaptive)
             "phases_s": _phases(stats.time_s),
         }
         if out.sources:
@@ -254,6 +267,10 @@ def build_methods(config: BenchConfig, setup: Setup) -> tuple[list[Method], dict
             skipped[name] = "no drafter for this model"
             continue
         methods.append(Method(name, _engine_runner(model, setup.drafter, n, W, L), shape=(W, L)))
+    if setup.drafter is not None and config.adaptive:
+        W, L = _grid_bound(config.grid)
+        run = _engine_runner(model, setup.drafter, n, W, L, adaptive=True)
+        methods.append(Method("redrafter_auto", run, shape=(W, L)))
     if config.retrieval:
         methods += _retrieval_methods(config, setup)
     if config.oracle:
@@ -293,7 +310,16 @@ def _retrieval_methods(config: BenchConfig, setup: Setup) -> list[Method]:
         for W, L in config.grid:
             run = _engine_runner(model, setup.drafter, n, W, L, RetrievalConfig())
             methods.append(Method(f"redrafter+retrieval_{W}x{L}", run, shape=(W, L)))
+        if config.adaptive:
+            W, L = _grid_bound(config.grid)
+            run = _engine_runner(model, setup.drafter, n, W, L, RetrievalConfig(), adaptive=True)
+            methods.append(Method("redrafter+retrieval_auto", run, shape=(W, L)))
     return methods
+
+
+def _grid_bound(grid: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """The largest W and the largest L of the grid: the adaptive methods' upper bound."""
+    return max(W for W, _ in grid), max(L for _, L in grid)
 
 
 class OracleDrafter(nn.Module):
@@ -521,6 +547,12 @@ def _method_summary(recs: list[dict], base: dict[int, dict]) -> dict:
     sources = [r["sources"] for r in recs if "sources" in r]
     if sources:
         out["sources"] = _source_summary(sources)
+    shapes: dict[str, int] = {}
+    for r in recs:
+        for shape, n in r.get("shapes", {}).items():
+            shapes[shape] = shapes.get(shape, 0) + n
+    if len(shapes) > 1:  # the adaptive methods: steps per tree shape the policy chose
+        out["shapes"] = dict(sorted(shapes.items(), key=lambda kv: -kv[1]))
     phases = [r["phases_s"] for r in recs if "phases_s" in r]
     if phases:
         wall = sum(r["time_s"] for r in recs if "phases_s" in r)
@@ -643,6 +675,11 @@ def markdown_report(report: dict) -> str:
     if report["skipped"]:
         lines += ["Skipped: " + "; ".join(f"`{k}`: {v}" for k, v in report["skipped"].items())]
     lines += [f"Note: {n}" for n in report["notes"]]
+    for name, m in report["methods"].items():
+        if "shapes" in m:
+            total = sum(m["shapes"].values())
+            used = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in m["shapes"].items())
+            lines += [f"Shapes `{name}` chose (share of its {total} steps): {used}"]
     if report["fast_linear"]:
         fl = report["fast_linear"]
         lines += [
@@ -763,6 +800,10 @@ def add_parser(sub) -> None:
     p.add_argument("--assistant", default=None, help="same-tokenizer draft model directory")
     p.add_argument("--fast-linear", action="store_true", help="also run with small-M kernels")
     p.add_argument("--oracle", action="store_true", help="also run a perfect free drafter")
+    p.add_argument(
+        "--no-adaptive", dest="adaptive", action="store_false",
+        help="skip redrafter_auto and redrafter+retrieval_auto (the load-aware policy)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype)
     p.add_argument("--device", default=d.device, help="cpu | cuda")
@@ -788,6 +829,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         assistant=args.assistant,
         fast_linear=args.fast_linear,
         oracle=args.oracle,
+        adaptive=args.adaptive,
         threads=args.threads,
         dtype=args.dtype,
         device=args.device,

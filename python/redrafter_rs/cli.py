@@ -13,8 +13,10 @@ from redrafter_rs.errors import RedrafterError
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
-    # 4x4 + retrieval measured best with the shipped drafter on this CPU (benchmarks/README.md,
-    # 2026-11-23: 1.14x, τ 2.23 over 20 MT-Bench prompts; 1x3 without retrieval: 0.84x).
+    # The best fixed shape depends on the CPU (benchmarks/README.md): 4x4 + retrieval was best on
+    # an AMD EPYC (2026-11-23: 1.14x), 1x3 + retrieval on an Intel Xeon with AVX-512 (2026-12-02:
+    # 1.36x, 4x4 1.05x). So by default the policy picks per step, up to -W x -L (adaptive: 1.31x
+    # there).
     p.add_argument("--beam-width", "-W", type=int, default=4)
     p.add_argument("--beam-length", "-L", type=int, default=4)
     p.add_argument("--drafter", default=None, help="drafter directory (default: the shipped one)")
@@ -25,18 +27,24 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
         "suffix automaton, merged into the same tree)",
     )  # fmt: skip
     p.add_argument(
+        "--adaptive", action=argparse.BooleanOptionalAction, default=True,
+        help="pick (W, L) per step from measured costs and acceptance, up to -W and -L, plain "
+        "decoding included (policy.py; the default); --no-adaptive: always W x L",
+    )  # fmt: skip
+    p.add_argument(
         "--fast-linear", action="store_true",
         help="small-M CPU kernels for the target's linear layers (logits differ by ~1e-5)",
     )  # fmt: skip
 
 
-def _spec_kwargs(args: argparse.Namespace) -> dict:
+def _spec_kwargs(args: argparse.Namespace, max_new_tokens: int | None = None) -> dict:
     """rr.generate keyword arguments from the shared flags."""
     return {
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": max_new_tokens or args.max_new_tokens,
         "beam_width": args.beam_width,
         "beam_length": args.beam_length,
         "retrieval": True if args.retrieval else None,
+        "adaptive": args.adaptive,
     }
 
 
@@ -78,9 +86,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     text = question["turns"][0]
     ids = tok(chat_prompt(tok, text), return_tensors="pt").input_ids
     n = args.max_new_tokens
-    # warm-up (excluded from timing)
+    # warm-up (excluded from timing; with --adaptive it also calibrates the policy's costs,
+    # a one-off per process that every later call reuses, reported below)
     model.generate(ids, do_sample=False, max_new_tokens=4)
-    rr.generate(model, drafter, ids, max_new_tokens=4)
+    _, t_warm = _timed(lambda: rr.generate(model, drafter, ids, **_spec_kwargs(args, 4)))
     plain, t_plain = _timed(lambda: model.generate(ids, do_sample=False, max_new_tokens=n))
     spec, t_spec = _timed(lambda: rr.generate(model, drafter, ids, **_spec_kwargs(args)))
     new_plain = plain.shape[1] - ids.shape[1]
@@ -95,7 +104,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"drafter: {args.drafter_label} "
         f"({sum(p.numel() for p in drafter.parameters()) / 1e6:.1f}M params), "
-        f"W={args.beam_width}, L={args.beam_length}"
+        + ("adaptive up to " if args.adaptive else "")
+        + f"W={args.beam_width}, L={args.beam_length}"
         + (", + retrieval drafts" if args.retrieval else "")
         + (", fast-linear kernels" if args.fast_linear else "")
     )
@@ -108,6 +118,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"tau          : {spec.stats.tau:.2f} tokens per verification step "
         f"(acceptance per depth: {[round(a, 2) for a in spec.stats.acceptance_per_depth]})"
     )
+    if args.adaptive:
+        shapes = sorted(spec.stats.shapes.items(), key=lambda kv: -kv[1])
+        print("shapes       : " + ", ".join(f"{k} {v} steps" for k, v in shapes))
+        print(f"calibration  : {t_warm:.1f} s once per process (in the warm-up, not timed)")
     print(f"identical    : {same}")
     return 0 if same else 1
 

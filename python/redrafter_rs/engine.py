@@ -57,6 +57,7 @@ class GenerationStats:
     new_tokens: int = 0
     steps: int = 0  # verification steps this request took part in (prefill excluded)
     accepted_per_step: list[int] = field(default_factory=list)  # draft tokens accepted
+    shapes: dict[str, int] = field(default_factory=dict)  # "WxL" -> steps at that tree shape
     time_s: dict[str, float] = field(default_factory=dict)  # engine phases (whole batch)
 
     @property
@@ -80,6 +81,7 @@ class GenerationStats:
             "steps": self.steps,
             "tau": round(self.tau, 4),
             "acceptance_per_depth": [round(a, 4) for a in self.acceptance_per_depth],
+            "shapes": dict(self.shapes),
             "time_s": {k: round(v, 4) for k, v in self.time_s.items()},
         }
 
@@ -289,7 +291,7 @@ class SpeculativeGenerator:
         timer.lap("accept")
         self._advance(acc, hidden)
         timer.lap("cache")
-        self._emit_step(acc, out)
+        self._emit_step(acc, out, f"{W}x{L}")
 
     # ---- pieces -------------------------------------------------------------------------
     def _prefill(self, prompts: list[list[int]]):
@@ -354,11 +356,12 @@ class SpeculativeGenerator:
         self._hidden = hidden[torch.arange(hidden.shape[0], device=device), last]  # [B, H]
         self._root = torch.as_tensor(acc.bonus, device=device)
 
-    def _emit_step(self, acc: _core.Acceptance, out: dict) -> None:
+    def _emit_step(self, acc: _core.Acceptance, out: dict, shape: str) -> None:
         done = []
         for row, req in enumerate(self._active):
             kept = int(acc.kept[row])
             req.stats.steps += 1
+            req.stats.shapes[shape] = req.stats.shapes.get(shape, 0) + 1
             req.stats.accepted_per_step.append(kept - 1)
             if self._emit(req, acc.tokens[row, :kept].tolist(), out):
                 done.append(row)

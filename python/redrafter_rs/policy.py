@@ -11,11 +11,18 @@ sides are measured, not guessed:
 Each step takes the shape with the highest expected tokens per second, B * E / cost; (1, 1) is
 plain decoding (E = 1, no drafter). Every `explore_every` steps a random other shape is tried so
 the estimates of unused widths stay current; it picks among shapes whose expected cost is at
-most twice the best shape's, so probing stays cheap. Calibrations are cached per (model, drafter).
+most twice the best shape's, so probing stays cheap.
+
+Calibrations are cached for the life of the model (target costs) and of the drafter (drafting
+costs), so every `generate(..., adaptive=True)` call after the first reuses them. A retrieval
+wrapper, made anew per call, is keyed by the RNN drafter it wraps. Target costs are measured
+lazily: only the table points that bracket a tree size some decision needs (at batch 1 and
+shapes up to 4x4, m <= 16), so a short call does not pay for timing 128-token forwards.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 import weakref
@@ -30,8 +37,12 @@ DEFAULT_SHAPES = (
 )  # fmt: skip
 
 
-# model -> {(id(drafter), shapes): (target_ms, draft_ms)}; dropped with the model
-_CALIBRATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# target forward cost per number of new tokens m, measured at these points (ms)
+TARGET_POINTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+# model -> {m: ms}; dropped with the model
+_TARGET_MS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# drafter (a retrieval wrapper's RNN drafter) -> {(kind, W, L): ms}; dropped with the drafter
+_DRAFT_MS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -55,26 +66,38 @@ class ShapePolicy:
         self.steps = 0
         self.rng = random.Random(self.config.seed)
         self.history: list[tuple[int, int, int]] = []  # (B, W, L) chosen per step
+        self._target = self._ids = None  # set by `calibrate`: target costs are measured lazily
+        self._repeats = 2
 
     # ---- calibration --------------------------------------------------------------------
-    def calibrate(self, target, drafter) -> None:
-        """Measured cost tables for (target, drafter), from the cache or by `measure`."""
-        cache = _CALIBRATIONS.setdefault(target.model, {})
-        key = (id(drafter), self.config.shapes)
-        if key not in cache:
-            self.measure(target, drafter)
-            cache[key] = (dict(self.target_ms), dict(self.draft_ms))
-        self.target_ms, self.draft_ms = (dict(t) for t in cache[key])
-
-    @torch.no_grad()
-    def measure(self, target, drafter, context: int = 64, repeats: int = 2) -> None:
-        """Time the target forward for m new tokens and the drafter per shape (B = 1)."""
-        device = target.device
-        ids = torch.randint(0, target.vocab_size, (1, context), device=device)
-        for m in sorted({1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128}):
-            self.target_ms[m] = self._time_target(target, ids, m, repeats)
+    def calibrate(self, target, drafter, context: int = 64, repeats: int = 2) -> None:
+        """Attach the measured cost tables of (target, drafter): drafting costs for every
+        candidate shape now (from the cache where measured before), target costs on demand."""
+        self._target, self._repeats = target, repeats
+        self._ids = torch.randint(0, target.vocab_size, (1, context), device=target.device)
+        self._prefilled = None  # the context's cache, prefilled on the first target timing
+        self.target_ms = _TARGET_MS.setdefault(target.model, {})  # shared: filled lazily
+        inner = getattr(drafter, "rnn", None)
+        table = _DRAFT_MS.setdefault(inner if inner is not None else drafter, {})
+        kind = type(drafter).__name__
         for W, L in self.config.shapes:
-            self.draft_ms[(W, L)] = self._time_drafter(target, drafter, ids, W, L, repeats)
+            if (kind, W, L) not in table:
+                table[(kind, W, L)] = self._time_drafter(target, drafter, self._ids, W, L, repeats)
+            self.draft_ms[(W, L)] = table[(kind, W, L)]
+
+    def _ensure_target(self, m: float) -> None:
+        """Measure the table points bracketing m that are not measured yet."""
+        if self._target is None:
+            return  # tables set by hand (tests): interpolate what is there
+        lo = max((p for p in TARGET_POINTS if p <= m), default=TARGET_POINTS[0])
+        hi = min((p for p in TARGET_POINTS if p >= m), default=TARGET_POINTS[-1])
+        target = self._target
+        for p in (lo, hi):
+            if p not in self.target_ms:
+                if self._prefilled is None:
+                    self._prefilled = target.new_cache()
+                    target.forward(self._ids, self._prefilled)
+                self.target_ms[p] = self._time_target(target, self._prefilled, p, self._repeats)
 
     @staticmethod
     def _time_drafter(target, drafter, ids, W: int, L: int, repeats: int) -> float:
@@ -85,22 +108,26 @@ class ShapePolicy:
         extra = {"context": None}
         if getattr(drafter, "uses_context", False):
             extra = {"context": [ids[0]], "request_ids": ["__calibration__"]}
+        _sync(ids.device)
         t = time.perf_counter()
         for _ in range(repeats):
             drafter.draft(h, root, embed=target.embed, beam_width=W, beam_length=L, **extra)
+        _sync(ids.device)
         if hasattr(drafter, "release"):
             drafter.release("__calibration__")
         return (time.perf_counter() - t) * 1e3 / repeats
 
     @staticmethod
-    def _time_target(target, ids, m: int, repeats: int) -> float:
+    def _time_target(target, prefilled, m: int, repeats: int) -> float:
+        """Best of `repeats` timings (after one warm-up) of m new tokens after the context."""
         best = float("inf")
-        for _ in range(repeats + 1):  # first run warms up
-            cache = target.new_cache()
-            target.forward(ids, cache)
-            new = torch.randint(0, target.vocab_size, (1, m), device=ids.device)
+        for _ in range(repeats + 1):
+            cache = copy.deepcopy(prefilled)
+            new = torch.randint(0, target.vocab_size, (1, m), device=target.device)
+            _sync(target.device)
             t = time.perf_counter()
             target.logits(target.forward(new, cache))
+            _sync(target.device)
             best = min(best, (time.perf_counter() - t) * 1e3)
         return best
 
@@ -113,6 +140,7 @@ class ShapePolicy:
         return self._interp(m) + B * self.draft_ms.get((W, L), 0.0)
 
     def _interp(self, m: float) -> float:
+        self._ensure_target(m)
         xs = sorted(self.target_ms)
         ys = [self.target_ms[x] for x in xs]
         if m > xs[-1]:  # beyond the table: compute-bound, linear in m
@@ -140,3 +168,8 @@ class ShapePolicy:
             if tried.any():
                 rate = float((accepted[tried] >= d).mean())
                 self.rates[W][d - 1] = (1 - a) * self.rates[W][d - 1] + a * rate
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
