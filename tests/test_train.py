@@ -29,11 +29,13 @@ from redrafter_rs.selfdistill import (
 from redrafter_rs.teacher import load_chunks, read_manifest, teacher_force
 from redrafter_rs.train import (
     CHECKPOINT,
+    AnchorData,
     TrainConfig,
     distill_loss,
     evaluate_tau,
     export_drafter,
     grow_blocks,
+    grow_vocab,
     load_checkpoint,
     train_drafter,
     validate,
@@ -318,6 +320,36 @@ def test_init_from_fine_tunes_an_existing_drafter(model, cache, tmp_path):
     other_cache = _tiny_cache(other, tmp_path / "other-cache", n=4, max_new=8)
     with pytest.raises(rr.RedrafterError, match="drafter/target mismatch"):
         train_drafter(other, other_cache, tmp_path / "y", cfg, progress=False)
+
+
+def test_init_from_with_a_larger_draft_vocabulary_grows_the_head(model, cache, tmp_path):
+    """--init with --draft-vocab above the init drafter's: its tokens keep their rows (same
+    logits), the added ones are the most teacher-frequent it lacked, with LM-head rows."""
+    base = train_drafter(model, cache, tmp_path / "base", _config(steps=20), progress=False)
+    data = AnchorData(load_chunks(cache, model), 3)
+    old = base.drafter.eval()
+    grown = grow_vocab(old, data, 64, model).eval()
+    ids = grown.draft_to_target
+    assert grown.config.head_size == 64 and torch.equal(ids[:48], old.draft_to_target)
+    assert ids.unique().numel() == 64  # the added tokens are new ones
+    mass = data.token_mass(96)
+    mass[old.draft_to_target] = -1
+    assert set(ids[48:].tolist()) == set(mass.argsort(descending=True)[:16].tolist())
+    hidden, state = torch.randn(2, 5, 64).unbind(0)
+    assert torch.equal(grown.logits(hidden, state)[:, :48], old.logits(hidden, state))
+    lm = model.get_output_embeddings().weight
+    assert torch.equal(grown.head.weight[48:], lm[ids[48:]].to(grown.head.weight))
+    assert grow_vocab(old, data, 48, model) is old  # not larger: unchanged
+    assert grow_vocab(old, data, None, model).config.head_size == 96  # the full vocabulary
+    # through train_drafter: the run's config asks for 64 with --init
+    cfg = _config(steps=2, init_from=str(tmp_path / "base" / "drafter"), draft_vocab_size=64)
+    tuned = train_drafter(model, cache, tmp_path / "tuned", cfg, progress=False)
+    assert tuned.drafter.config.draft_vocab_size == 64
+    assert torch.equal(tuned.drafter.draft_to_target[:48], old.draft_to_target)
+    with pytest.raises(rr.RedrafterError, match="has draft_vocab_size=48, this run asks for 32"):
+        train_drafter(
+            model, cache, tmp_path / "x", _config(init_from=cfg.init_from, draft_vocab_size=32)
+        )
 
 
 # ---- data parallel ----------------------------------------------------------------------------

@@ -450,7 +450,8 @@ def train_drafter(
 def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with the architecture of its `init_from` drafter. A field the caller set to a
     non-default value that differs from that drafter's is an error, not silently dropped; more
-    residual blocks than it has are allowed (see `grow_blocks`)."""
+    residual blocks or a larger draft vocabulary than it has are allowed (see `grow_blocks`,
+    `grow_vocab`; the default draft vocabulary size means "the init drafter's")."""
     if not cfg.init_from:
         return cfg
     from redrafter_rs.drafter import CONFIG_NAME, _read_config
@@ -461,6 +462,9 @@ def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
     for key in _ARCH_KEYS:
         have, want = getattr(cfg, key), getattr(init, key)
         if have == want or (key == "num_layers" and have > want):  # more blocks: grown
+            continue
+        grow_head = key == "draft_vocab_size" and have != default.draft_vocab_size
+        if grow_head and want and (not have or have > want):  # a larger head: grown
             continue
         check(
             have == getattr(default, key),
@@ -484,6 +488,39 @@ def grow_blocks(drafter: RecurrentDrafter, num_layers: int) -> RecurrentDrafter:
     return grown.to(next(drafter.parameters()))  # its device and dtype
 
 
+def grow_vocab(
+    drafter: RecurrentDrafter, data: AnchorData, size: int | None, model: nn.Module
+) -> RecurrentDrafter:
+    """`drafter` with its reduced head grown to `size` tokens (None or 0: the full vocabulary).
+    The old draft vocabulary keeps its rows and order; the added tokens are those with the most
+    teacher mass in `data` that it lacked (most first), their rows initialised from the target's
+    LM head as a fresh drafter's are (zero where exit_dim differs from the LM head's input)."""
+    have, vocab_size = drafter.config.head_size, drafter.config.vocab_size
+    size = min(size or vocab_size, vocab_size)
+    if size <= have:
+        return drafter
+    old_ids = drafter.draft_to_target.cpu()
+    mass = data.token_mass(vocab_size) + torch.linspace(1e-9, 0, vocab_size)  # ties: lower ids
+    mass[old_ids] = -1.0  # never twice
+    new_ids = mass.argsort(descending=True)[: size - have]
+    grown = RecurrentDrafter(replace(drafter.config, draft_vocab_size=size))
+    state = {k: v for k, v in drafter.state_dict().items() if k not in ("head.weight", _D2T)}
+    missing, unexpected = grown.load_state_dict(state, strict=False)
+    check(set(missing) == {"head.weight", _D2T} and not unexpected, f"cannot grow: {missing}")
+    grown.set_draft_vocab(torch.cat([old_ids, new_ids]))
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        grown.head.weight.zero_()
+        if head is not None and head.weight.shape[1] == drafter.config.exit_dim:
+            rows = head.weight.detach()[new_ids.to(head.weight.device)]
+            grown.head.weight[have:] = rows.to(grown.head.weight)
+        grown.head.weight[:have] = drafter.head.weight.detach().to(grown.head.weight)
+    return grown.to(next(drafter.parameters()))  # its device and dtype
+
+
+_D2T = "draft_to_target"
+
+
 def _load_caches(caches: list, model: nn.Module) -> dict[str, torch.Tensor]:
     from redrafter_rs.teacher import _concat
 
@@ -499,6 +536,7 @@ def _build_drafter(
     elif cfg.init_from:
         drafter = RecurrentDrafter.from_pretrained(cfg.init_from, target=model)
         drafter = grow_blocks(drafter, cfg.num_layers)
+        drafter = grow_vocab(drafter, data, cfg.draft_vocab_size, model)
     else:
         torch.manual_seed(cfg.seed)
         vocab_size = target_embedding(model).weight.shape[0]
