@@ -74,7 +74,10 @@ def add_train_parser(sub) -> None:
         help="residual blocks; with --init, more than the init drafter has adds identity blocks",
     )
     m.add_argument("--no-rnn", dest="rnn", action="store_false")
-    m.add_argument("--draft-vocab", type=int, default=8192, help="0: the full vocabulary")
+    m.add_argument(
+        "--draft-vocab", type=int, default=8192,
+        help="0: the full vocabulary; with --init, a size above the init drafter's grows its head",
+    )  # fmt: skip
     m.add_argument("--beam-length", "-L", type=int, default=5, help="L (includes the root)")
     m.add_argument(
         "--init",
