@@ -66,10 +66,11 @@ class ShapePolicy:
         self.steps = 0
         self.rng = random.Random(self.config.seed)
         self.history: list[tuple[int, int, int]] = []  # (B, W, L) chosen per step
-        self._target = self._ids = None  # set by `calibrate`: target costs are measured lazily
+        self._target = self._ids = self._prefilled = None  # set by `calibrate` (lazy timing)
         self._repeats = 2
 
     # ---- calibration --------------------------------------------------------------------
+    @torch.no_grad()
     def calibrate(self, target, drafter, context: int = 64, repeats: int = 2) -> None:
         """Attach the measured cost tables of (target, drafter): drafting costs for every
         candidate shape now (from the cache where measured before), target costs on demand."""
@@ -77,14 +78,15 @@ class ShapePolicy:
         self._ids = torch.randint(0, target.vocab_size, (1, context), device=target.device)
         self._prefilled = None  # the context's cache, prefilled on the first target timing
         self.target_ms = _TARGET_MS.setdefault(target.model, {})  # shared: filled lazily
-        inner = getattr(drafter, "rnn", None)
-        table = _DRAFT_MS.setdefault(inner if inner is not None else drafter, {})
+        inner = getattr(drafter, "rnn", None)  # a retrieval wrapper's RNN drafter
+        table = _DRAFT_MS.setdefault(inner if isinstance(inner, torch.nn.Module) else drafter, {})
         kind = type(drafter).__name__
         for W, L in self.config.shapes:
             if (kind, W, L) not in table:
                 table[(kind, W, L)] = self._time_drafter(target, drafter, self._ids, W, L, repeats)
             self.draft_ms[(W, L)] = table[(kind, W, L)]
 
+    @torch.no_grad()
     def _ensure_target(self, m: float) -> None:
         """Measure the table points bracketing m that are not measured yet."""
         if self._target is None:
