@@ -356,7 +356,9 @@ class SpeculativeGenerator:
         self._hidden = hidden[torch.arange(hidden.shape[0], device=device), last]  # [B, H]
         self._root = torch.as_tensor(acc.bonus, device=device)
 
-    def _emit_step(self, acc: _core.Acceptance, out: dict, shape: str) -> None:
+    def _emit_step(self, acc: _core.Acceptance, out: dict, shape: str | None = None) -> None:
+        """Record the step (tree `shape` "WxL"; default: the configured one) and emit tokens."""
+        shape = shape or f"{self.config.beam_width}x{self.config.beam_length}"
         done = []
         for row, req in enumerate(self._active):
             kept = int(acc.kept[row])
