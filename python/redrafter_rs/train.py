@@ -138,11 +138,16 @@ class AnchorData:
         return mass
 
 
-def choose_draft_vocab(data: AnchorData, vocab_size: int, size: int) -> torch.Tensor:
-    """The `size` token ids with the most teacher probability mass (most frequent first)."""
+def choose_draft_vocab(
+    data: AnchorData, vocab_size: int, size: int, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The `size` token ids with the most teacher probability mass (most frequent first),
+    leaving out the ids in `exclude`."""
     check(size <= vocab_size, f"draft_vocab_size {size} exceeds the vocabulary ({vocab_size})")
     mass = data.token_mass(vocab_size)
     mass += torch.linspace(1e-9, 0, vocab_size)  # ties: lower ids first, deterministically
+    if exclude is not None:
+        mass[exclude] = -1.0  # below any mass
     return mass.argsort(descending=True)[:size]
 
 
@@ -488,6 +493,9 @@ def grow_blocks(drafter: RecurrentDrafter, num_layers: int) -> RecurrentDrafter:
     return grown.to(next(drafter.parameters()))  # its device and dtype
 
 
+_D2T = "draft_to_target"
+
+
 def grow_vocab(
     drafter: RecurrentDrafter, data: AnchorData, size: int | None, model: nn.Module
 ) -> RecurrentDrafter:
@@ -500,25 +508,17 @@ def grow_vocab(
     if size <= have:
         return drafter
     old_ids = drafter.draft_to_target.cpu()
-    mass = data.token_mass(vocab_size) + torch.linspace(1e-9, 0, vocab_size)  # ties: lower ids
-    mass[old_ids] = -1.0  # never twice
-    new_ids = mass.argsort(descending=True)[: size - have]
+    new_ids = choose_draft_vocab(data, vocab_size, size - have, exclude=old_ids)
     grown = RecurrentDrafter(replace(drafter.config, draft_vocab_size=size))
     state = {k: v for k, v in drafter.state_dict().items() if k not in ("head.weight", _D2T)}
     missing, unexpected = grown.load_state_dict(state, strict=False)
     check(set(missing) == {"head.weight", _D2T} and not unexpected, f"cannot grow: {missing}")
     grown.set_draft_vocab(torch.cat([old_ids, new_ids]))
-    head = model.get_output_embeddings()
     with torch.no_grad():
-        grown.head.weight.zero_()
-        if head is not None and head.weight.shape[1] == drafter.config.exit_dim:
-            rows = head.weight.detach()[new_ids.to(head.weight.device)]
-            grown.head.weight[have:] = rows.to(grown.head.weight)
+        grown.head.weight.zero_()  # stays zero where the LM head's rows do not fit
+        init_head_from_target(grown, model)
         grown.head.weight[:have] = drafter.head.weight.detach().to(grown.head.weight)
     return grown.to(next(drafter.parameters()))  # its device and dtype
-
-
-_D2T = "draft_to_target"
 
 
 def _load_caches(caches: list, model: nn.Module) -> dict[str, torch.Tensor]:
