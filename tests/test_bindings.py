@@ -65,7 +65,9 @@ def test_accept_reads_choice_without_copy_and_does_not_modify_it():
         (np.zeros((3, 4), dtype=np.int64), "[B, W, L]"),
         (np.zeros((1, 3, 4), dtype=np.int32), "int64"),
         (np.zeros((1, 3, 4), dtype=np.float64), "int64"),
-        (np.array([[[5, -1]]], dtype=np.int64), "beams"),
+        (np.array([[[-1, 5]]], dtype=np.int64), "beams[0, 0, 0] = -1"),
+        (np.array([[[5, -1, 6]]], dtype=np.int64), "follows the beam's end"),
+        (np.array([[[5, -2]]], dtype=np.int64), "beams[0, 0, 1] = -2"),
         (np.array([[[5, 6], [7, 6]]], dtype=np.int64), "root"),
         ([[[1, 2]]], "numpy"),
     ],
@@ -75,6 +77,18 @@ def test_pack_beams_rejects_bad_input(beams, fragment):
         rr.pack_beams(beams)
     assert fragment.lower() in str(info.value).lower()
     assert isinstance(info.value, ValueError)
+
+
+def test_ragged_beams_end_early():
+    # beam 1 ends after 94, beam 2 after the root: 5 nodes, and nothing past an end is accepted
+    beams = np.array([[[91, 92, 93, 95], [91, 94, -1, -1], [91, -1, -1, -1]]], dtype=np.int64)
+    tree = rr.pack_beams(beams, vocab_size=100)
+    assert tree.num_nodes.tolist() == [5]
+    assert tree.unpacker.tolist() == [[[0, 1, 2, 3], [0, 4, 4, 4], [0, 0, 0, 0]]]
+    choice = np.array([[94, 0, 0, 0, 94]], dtype=np.int64)  # at node 4 (94) the target says 94
+    acc = rr.accept(tree, beams, choice)
+    assert (acc.best_beam.tolist(), acc.num_accepted.tolist()) == ([1], [1])
+    assert acc.tokens.tolist() == [[94, 94, -1, -1]]
 
 
 def test_pack_beams_checks_vocab_range():

@@ -13,7 +13,8 @@ from redrafter_rs import reference
 
 @st.composite
 def beam_batches(draw):
-    """Beams [B, W, L] from a 3-token alphabet (so prefixes are shared), root shared per row."""
+    """Beams [B, W, L] from a 3-token alphabet (so prefixes are shared), root shared per row,
+    in half the cases with some beams ended early."""
     B = draw(st.integers(1, 3))
     W = draw(st.integers(1, 8))
     L = draw(st.integers(1, 6))
@@ -21,6 +22,9 @@ def beam_batches(draw):
     rng = np.random.default_rng(seed)
     beams = rng.integers(0, 3, size=(B, W, L), dtype=np.int64)
     beams[:, :, 0] = rng.integers(0, 3, size=(B, 1))
+    if draw(st.booleans()):  # ragged: some beams end early (-1 from a depth >= 1 on)
+        ends = rng.integers(1, 2 * L + 1, size=(B, W, 1))
+        beams[np.arange(L)[None, None] >= ends] = -1
     choice_seed = draw(st.integers(0, 2**31 - 1))
     return beams, choice_seed
 

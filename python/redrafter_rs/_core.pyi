@@ -73,7 +73,8 @@ class Acceptance:
         """[B] node of the last accepted token (its hidden state is the next h)."""
 
 def pack_beams(beams: npt.NDArray[np.int64], vocab_size: int | None = None) -> Tree:
-    """Pack beams [B, W, L] into a prefix tree; beams sharing a prefix share nodes."""
+    """Pack beams [B, W, L] into a prefix tree; beams sharing a prefix share nodes. A beam may
+    end early: -1 from some depth >= 1 on (no nodes; never accepted past its end)."""
 
 def accept(tree: Tree, beams: npt.NDArray[np.int64], choice: npt.NDArray[np.int64]) -> Acceptance:
     """Walk the tree following the target's choice [B, N]; longest matching prefix + bonus."""

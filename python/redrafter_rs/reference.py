@@ -1,7 +1,8 @@
 """Slow, readable pure-torch versions of the Rust core's `pack_beams` and `accept` (test oracle).
 
 Follows ReDrafter's tree-attention recipe (redrafter-reference.md §3): pairwise prefix equality,
-first matching beam per (beam, depth), keep the first occurrences in row-major order.
+first matching beam per (beam, depth), keep the first occurrences in row-major order. A beam
+may end early (-1 from some depth on): its padded positions stay at its last real node.
 """
 
 from __future__ import annotations
@@ -44,13 +45,16 @@ def pack_beams(beams: torch.Tensor) -> RefTree:
         raise ValueError("beams of a row must share the root token")
     first = prefix_tree(beams)  # [B, W, L]
     own = torch.arange(W)[None, :, None]
-    keep = (first == own).reshape(B, W * L)  # [B, W*L]
+    real = beams >= 0  # [B, W, L]: False past a beam's end (-1 padding)
+    keep = ((first == own) & real).reshape(B, W * L)  # [B, W*L]
     node_of = keep.long().cumsum(-1) - 1  # [B, W*L]: packed index of each kept (i, k)
     num_nodes = keep.sum(-1)  # [B]
     N = int(num_nodes.max())
     depth_all = torch.arange(L).repeat(W)  # [W*L]
     flat_first = first * L + torch.arange(L)  # [B, W, L] flat (j, k)
     unpacker = node_of.gather(1, flat_first.reshape(B, -1)).reshape(B, W, L)
+    for k in range(1, L):  # an ended beam stays at its last real node
+        unpacker[:, :, k] = torch.where(real[:, :, k], unpacker[:, :, k], unpacker[:, :, k - 1])
     tokens = torch.zeros(B, N, dtype=torch.long)
     depth = torch.zeros(B, N, dtype=torch.long)
     parent = torch.full((B, N), -1, dtype=torch.long)
@@ -60,7 +64,7 @@ def pack_beams(beams: torch.Tensor) -> RefTree:
         tokens[b, : len(kept)] = beams[b].reshape(-1)[kept]
         depth[b, : len(kept)] = depth_all[kept]
         for i in range(W):
-            for k in range(L):
+            for k in range(int(real[b, i].sum())):
                 node = unpacker[b, i, k]
                 parent[b, node] = unpacker[b, i, k - 1] if k > 0 else -1
                 mask[b, node, unpacker[b, i, : k + 1]] = True

@@ -155,10 +155,15 @@ impl<'a> RowView<'a> {
         }
     }
 
-    /// Number of leading draft tokens of beam `u` (`[L]` node ids) the target accepts.
+    /// Number of leading draft tokens of beam `u` (`[L]` node ids) the target accepts. A
+    /// beam that ended early repeats its last node (children always follow their parent),
+    /// so the walk stops there.
     fn matches(&self, u: &[i64]) -> usize {
         let mut k = 0;
-        while k + 1 < u.len() && self.tokens[u[k + 1] as usize] == self.choice[u[k] as usize] {
+        while k + 1 < u.len()
+            && u[k + 1] > u[k]
+            && self.tokens[u[k + 1] as usize] == self.choice[u[k] as usize]
+        {
             k += 1;
         }
         k
@@ -222,6 +227,20 @@ mod tests {
         assert_eq!((a.best_beam[0], a.num_accepted[0], a.bonus[0]), (0, 0, 50));
         assert_eq!(a.path, [0, -1, -1, -1]);
         assert_eq!(a.tokens, [50, -1, -1, -1]);
+    }
+
+    #[test]
+    fn ended_beams_stop_acceptance() {
+        // Beam 1 ends at node 1 (92). The target's choice at node 1 is 92 again, which an
+        // ended beam must not "accept" by comparing its repeated last node with itself.
+        let beams = [91, 93, 94, 91, 92, -1];
+        let t = pack_beams(&beams, [1, 2, 3], None).unwrap();
+        assert_eq!(t.tokens, [91, 93, 94, 92]);
+        let a = accept(&t.view(), &[92, 0, 0, 92], [1, 4]).unwrap();
+        assert_eq!((a.best_beam[0], a.num_accepted[0], a.bonus[0]), (1, 1, 92));
+        assert_eq!(a.path, [0, 3, -1]);
+        assert_eq!(a.tokens, [92, 92, -1]);
+        t.view().check_beams(&beams, [1, 2, 3]).unwrap();
     }
 
     #[test]

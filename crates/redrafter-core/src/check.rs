@@ -35,6 +35,7 @@ impl TreeView<'_> {
                         ),
                     })
                 }
+                Some(_) if tok == crate::tree::BEAM_END && i % l > 0 => {} // ended beam
                 Some(&t) if t != tok => {
                     return Err(Error::Inconsistent {
                         arg: "beams",

@@ -44,4 +44,4 @@ pub use datastore::{crc32, Cursor, Datastore, FORMAT_VERSION, MAGIC};
 pub use error::{Error, Result};
 pub use kv::{plan_kv, KvPlan};
 pub use sam::{merge_candidates, Candidate, QueryParams, SuffixAutomaton, MAX_TOKENS};
-pub use tree::{pack_beams, Tree, TreeView};
+pub use tree::{pack_beams, Tree, TreeView, BEAM_END};

@@ -9,6 +9,9 @@
 
 use crate::error::{check_len, check_nonempty, checked_product, fmt_index, Error, Result};
 
+/// Padding token that ends a beam early (see [`pack_beams`]).
+pub const BEAM_END: i64 = -1;
+
 /// Packed prefix tree for a batch of beams. Row `b` has `num_nodes[b]` real nodes,
 /// padded to `max_nodes` (`N`).
 ///
@@ -34,7 +37,8 @@ pub struct Tree {
     /// `[B, N, N]` `mask[b, i, j]` = node `j` is an ancestor of node `i` or `j == i`.
     /// Padding nodes see only themselves.
     pub mask: Vec<bool>,
-    /// `[B, W, L]` node index of `beams[b, w, k]`: `tokens[b, unpacker[b, w, k]] == beams[b, w, k]`.
+    /// `[B, W, L]` node index of `beams[b, w, k]`: `tokens[b, unpacker[b, w, k]] == beams[b, w, k]`;
+    /// past a beam's end ([`BEAM_END`]), the beam's last real node.
     pub unpacker: Vec<i64>,
     /// `[B]` number of real nodes per row.
     pub num_nodes: Vec<i64>,
@@ -137,6 +141,11 @@ impl<'a> TreeView<'a> {
 /// Beam token `(w, k)` maps to the node of the first beam `w' <= w` with
 /// `beams[w', :k+1] == beams[w, :k+1]`.
 ///
+/// A beam may end early: [`BEAM_END`] (`-1`) at depth `k >= 1` and at every later depth.
+/// Its padded positions map to the beam's last real node and create no node, so a tree
+/// whose branches have different depths (a best-nodes draft tree) costs only its nodes;
+/// [`crate::accept`] never accepts past a beam's end.
+///
 /// Errors: [`Error::EmptyDim`] if a dim is 0, [`Error::Shape`] if
 /// `beams.len() != B * W * L`, [`Error::TokenRange`] for a negative token or one
 /// `>= V` when `vocab_size = Some(V)`, [`Error::RootMismatch`] when the beams of a
@@ -191,17 +200,34 @@ fn validate_beams(beams: &[i64], shape: [usize; 3], vocab_size: Option<usize>) -
     check_nonempty("beams", &[("B", batch), ("W", width), ("L", length)])?;
     check_len("beams", "[B, W, L]", &shape, beams.len())?;
     let limit = vocab_size.map_or(i128::MAX, |v| v as i128);
-    if let Some(flat) = beams.iter().position(|&t| t < 0 || i128::from(t) >= limit) {
-        let index = [
+    let index = |flat: usize| {
+        fmt_index(&[
             flat / (width * length),
             flat / length % width,
             flat % length,
-        ];
+        ])
+    };
+    let end_ok = |flat: usize| flat % length > 0; // a beam may end after its root
+    let bad = |(flat, &t): (usize, &i64)| {
+        (t < 0 && !(t == BEAM_END && end_ok(flat))) || i128::from(t) >= limit
+    };
+    if let Some((flat, &value)) = beams.iter().enumerate().find(|&x| bad(x)) {
         return Err(Error::TokenRange {
             arg: "beams",
-            index: fmt_index(&index),
-            value: beams[flat],
+            index: index(flat),
+            value,
             vocab_size,
+        });
+    }
+    let resumed = |flat: usize| end_ok(flat) && beams[flat - 1] == BEAM_END && beams[flat] >= 0;
+    if let Some(flat) = (0..beams.len()).find(|&f| resumed(f)) {
+        return Err(Error::Inconsistent {
+            arg: "beams",
+            message: format!(
+                "beams{} = {} follows the beam's end ({BEAM_END}): an ended beam stays {BEAM_END}",
+                index(flat),
+                beams[flat]
+            ),
         });
     }
     check_roots(beams, shape)
@@ -266,6 +292,10 @@ impl RowBuilder {
             let mut fresh = false; // beam already diverged from all earlier beams
             unpacker[w * length] = 0;
             for k in 1..length {
+                if beam[k] == BEAM_END {
+                    unpacker[w * length + k] = node as i64; // ended: stays at its last node
+                    continue;
+                }
                 let found = if fresh {
                     NONE
                 } else {
@@ -435,6 +465,42 @@ mod tests {
                 got: 3
             }
         );
+    }
+
+    #[test]
+    fn ragged_beams_end_early() {
+        // Beam 0: 91 92 93 95; beam 1 ends after 94; beam 2 ends at the root's child 98.
+        let beams = [91, 92, 93, 95, 91, 94, -1, -1, 91, 98, -1, -1];
+        let t = pack_beams(&beams, [1, 3, 4], Some(100)).unwrap();
+        assert_eq!(t.num_nodes, [6]);
+        assert_eq!(t.tokens, [91, 92, 93, 95, 94, 98]);
+        assert_eq!(t.depth, [0, 1, 2, 3, 1, 1]);
+        assert_eq!(t.parent, [-1, 0, 1, 2, 0, 0]);
+        assert_eq!(t.unpacker, [0, 1, 2, 3, 0, 4, 4, 4, 0, 5, 5, 5]);
+        let expected = ["100000", "110000", "111000", "111100", "100010", "100001"];
+        assert_eq!(mask_rows(&t, 0), expected);
+        // A beam that is only its root adds nothing.
+        let t = pack_beams(&[7, 8, 7, -1], [1, 2, 2], None).unwrap();
+        assert_eq!(
+            (t.num_nodes.clone(), t.unpacker.clone()),
+            (vec![2], vec![0, 1, 0, 0])
+        );
+    }
+
+    #[test]
+    fn ragged_beams_errors() {
+        // -1 as a root, a token after a beam's end, other negatives.
+        let e = pack_beams(&[-1, 2], [1, 1, 2], None).unwrap_err();
+        assert!(matches!(e, Error::TokenRange { value: -1, .. }), "{e}");
+        let e = pack_beams(&[1, -1, 3], [1, 1, 3], None).unwrap_err();
+        assert!(matches!(e, Error::Inconsistent { arg: "beams", .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("beams[0, 0, 2] = 3 follows the beam's end"),
+            "{e}"
+        );
+        let e = pack_beams(&[1, -2, -2], [1, 1, 3], None).unwrap_err();
+        assert!(matches!(e, Error::TokenRange { value: -2, .. }), "{e}");
     }
 
     #[test]

@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use redrafter_core::{accept, pack_beams, Acceptance, Error, Tree, TreeView};
 
 /// Random `[B, W, L]` beams over the alphabet `0..3` (so prefixes are shared
-/// often) with the root forced equal per row, plus a pool of random choices.
+/// often) with the root forced equal per row, about a third of them ending early
+/// (`-1` padding), plus a pool of random choices.
 fn beams_and_choices() -> impl Strategy<Value = ([usize; 3], Vec<i64>, Vec<i64>)> {
     (1usize..4, 1usize..10, 1usize..7).prop_flat_map(|(b, w, l)| {
         let n = b * w * l;
@@ -15,12 +16,21 @@ fn beams_and_choices() -> impl Strategy<Value = ([usize; 3], Vec<i64>, Vec<i64>)
             Just([b, w, l]),
             prop::collection::vec(0i64..3, n),
             prop::collection::vec(0i64..3, n),
+            prop::collection::vec(1usize..3 * l, b * w),
         )
-            .prop_map(|(shape, mut beams, choices)| {
+            .prop_map(|(shape, mut beams, choices, ends)| {
                 force_roots(&mut beams, shape);
+                end_beams(&mut beams, shape, &ends);
                 (shape, beams, choices)
             })
     })
+}
+
+/// Beam `i` keeps `ends[i]` tokens (all of them when `ends[i] >= L`), then `-1`.
+fn end_beams(beams: &mut [i64], [_, _, l]: [usize; 3], ends: &[usize]) {
+    for (beam, &end) in beams.chunks_exact_mut(l).zip(ends) {
+        beam.iter_mut().skip(end).for_each(|t| *t = -1);
+    }
 }
 
 /// Sets `beams[b, w, 0] = beams[b, 0, 0]`.
@@ -38,12 +48,17 @@ fn naive_ids(beams: &[i64], [_, w, l]: [usize; 3], row: usize) -> BTreeMap<Vec<i
     let mut ids = BTreeMap::new();
     for beam in 0..w {
         let start = (row * w + beam) * l;
-        for k in 0..l {
+        for k in 0..real_len(&beams[start..start + l]) {
             let next = ids.len();
             ids.entry(beams[start..=start + k].to_vec()).or_insert(next);
         }
     }
     ids
+}
+
+/// Tokens of a beam before its end (`-1`).
+fn real_len(beam: &[i64]) -> usize {
+    beam.iter().take_while(|&&t| t >= 0).count()
 }
 
 /// The tree built the slow way, from explicit prefixes.
@@ -80,8 +95,9 @@ fn naive_pack(beams: &[i64], shape: [usize; 3]) -> Tree {
         }
         for beam in 0..w {
             let start = (r * w + beam) * l;
+            let real = real_len(&beams[start..start + l]);
             for k in 0..l {
-                t.unpacker[start + k] = ids[&beams[start..=start + k]] as i64;
+                t.unpacker[start + k] = ids[&beams[start..=start + k.min(real - 1)]] as i64;
             }
         }
     }
@@ -159,6 +175,11 @@ proptest! {
         for (flat, &u) in t.unpacker.iter().enumerate() {
             let r = flat / (w * l);
             prop_assert!(u >= 0 && u < t.num_nodes[r]);
+            if beams[flat] < 0 {
+                // past the beam's end: its last real node
+                prop_assert_eq!(u, t.unpacker[flat - 1]);
+                continue;
+            }
             prop_assert_eq!(t.tokens[r * n + u as usize], beams[flat]);
             prop_assert_eq!(t.depth[r * n + u as usize], (flat % l) as i64);
         }
@@ -211,16 +232,21 @@ proptest! {
         let n = t.max_nodes;
         let beam = pick % w;
         let mut choice = pool[..b * n].to_vec();
+        let real = |r: usize| real_len(&beams[(r * w + beam) * l..][..l]);
         for r in 0..b {
-            for k in 0..l - 1 {
+            for k in 0..real(r) - 1 {
                 let at = (r * w + beam) * l + k;
                 choice[r * n + t.unpacker[at] as usize] = beams[at + 1];
             }
         }
         let a = accept(&t.view(), &choice, [b, n]).unwrap();
         for r in 0..b {
-            prop_assert_eq!(a.num_accepted[r], l as i64 - 1);
-            prop_assert!(a.best_beam[r] <= beam as i64);
+            // all of it (another beam may go further when the picked one ended early)
+            prop_assert!(a.num_accepted[r] >= real(r) as i64 - 1);
+            if real(r) == l {
+                prop_assert_eq!(a.num_accepted[r], l as i64 - 1);
+                prop_assert!(a.best_beam[r] <= beam as i64);
+            }
         }
     }
 

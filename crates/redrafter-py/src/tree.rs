@@ -132,7 +132,7 @@ fn dims3(shape: &[usize]) -> [usize; 3] {
 /// Packs beams [B, W, L] (int64) into a prefix tree; beams sharing a prefix share nodes.
 ///
 /// All beams of a row must start with the same root token. With `vocab_size`, every token must
-/// be in [0, vocab_size).
+/// be in [0, vocab_size). A beam may end early: -1 from some depth >= 1 on.
 #[pyfunction]
 #[pyo3(signature = (beams, vocab_size = None))]
 pub fn pack_beams(
