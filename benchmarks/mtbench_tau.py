@@ -34,6 +34,16 @@ from redrafter_rs.models import load_model
 from redrafter_rs.target import left_pad
 
 
+def parse_shapes(text: str) -> list[tuple[int, int, int | None]]:
+    """Shapes such as "1x4,4x4n9" -> [(1, 4, None), (4, 4, 9)]: W x L beams, or best-nodes."""
+    shapes = []
+    for item in text.split(","):
+        beams, _, nodes = item.lower().partition("n")
+        (W, L), N = parse_grid(beams)[0], int(nodes) if nodes else None
+        shapes.append((W, L, N))
+    return shapes
+
+
 def batches(items: list, n: int) -> list[list]:
     return [items[i : i + n] for i in range(0, len(items), n)]
 
@@ -42,11 +52,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="default")
     p.add_argument("--drafter", default=None, help="drafter dir (default: the shipped one)")
-    p.add_argument("--grid", type=parse_grid, default=parse_grid("1x4,4x4,8x5"))
+    p.add_argument(
+        "--grid", type=parse_shapes, default=parse_shapes("1x4,4x4,8x5"),
+        help="W x L beams, or W x L n N for a best-nodes tree of N nodes: 1x4,4x4,4x4n9",
+    )  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-prompts", type=int, default=80)
     p.add_argument("--retrieval", action="store_true", help="also with retrieval drafts merged")
+    p.add_argument("--retrieval-only", action="store_true", help="only with retrieval drafts")
+    p.add_argument("--datastore", default=None, help="retrieval also from this datastore file")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--shard", default="0/1", help="K/N: prompts K, K+N, ... of the selection")
     p.add_argument("--refs", default=None, help="JSON file caching the references (reused)")
@@ -70,12 +85,15 @@ def main() -> None:
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     n = args.max_new_tokens
     refs = references(model, prompts, n, args.refs)
-    variants = [(W, L, False) for W, L in args.grid]
-    if args.retrieval:
-        variants += [(W, L, True) for W, L in args.grid]
+    retrieval = True
+    if args.datastore:
+        retrieval = rr.RetrievalConfig(datastore=rr.Datastore.load(args.datastore))
+    variants = [] if args.retrieval_only else [(*g, False) for g in args.grid]
+    if args.retrieval or args.retrieval_only:
+        variants += [(*g, True) for g in args.grid]
     report = {"config": vars(args) | {"grid": [list(g) for g in args.grid]}, "shapes": {}}
-    for W, L, ret in variants:
-        name = f"{W}x{L}" + ("+retrieval" if ret else "")
+    for W, L, N, ret in variants:
+        name = f"{W}x{L}" + (f"n{N}" if N else "") + ("+retrieval" if ret else "")
         t = time.perf_counter()
         raw = {"tokens": 0, "steps": 0, "equal": 0, "rows": len(qs)}
         raw |= {"depth_hits": [0] * (L - 1), "per_category": defaultdict(lambda: [0, 0])}
@@ -83,7 +101,7 @@ def main() -> None:
             ids, mask = left_pad([prompts[i] for i in chunk], pad)
             out = rr.generate(
                 model, drafter, ids, attention_mask=mask, max_new_tokens=n,
-                beam_width=W, beam_length=L, retrieval=True if ret else None,
+                beam_width=W, beam_length=L, retrieval=retrieval if ret else None, tree_nodes=N,
             )  # fmt: skip
             for row, i in enumerate(chunk):
                 new = out.sequences[row, ids.shape[1] :].tolist()[: len(refs[i])]

@@ -54,6 +54,7 @@ def test_bench_tiny_model_jsonl(tmp_path):
         num_prompts=3,
         max_new_tokens=8,
         grid=((1, 3), (2, 4)),
+        tree_grid=((2, 4, 3),),
         fast_linear=True,
         oracle=True,
         threads=1,
@@ -66,6 +67,10 @@ def test_bench_tiny_model_jsonl(tmp_path):
     assert {"hf_greedy", "plain_loop", "redrafter_2x4", "oracle_1x3", "hf_prompt_lookup"} <= names
     assert "plain_loop+fl" in names and "hf_assisted" in report["skipped"]
     assert {"retrieval_1x8", "redrafter+retrieval_1x3", "redrafter+retrieval_2x4"} <= names
+    for name in ("redrafter_2x4n3", "redrafter+retrieval_2x4n3"):  # best-nodes trees
+        recs = [r for r in report["records"] if r["method"] == name]
+        assert len(recs) == 3 and all(r["equal"] for r in recs)
+        assert all(set(r["shapes"]) == {"2x4n3"} for r in recs)
     for name in ("redrafter_auto", "redrafter+retrieval_auto"):  # the policy, up to 2x4
         recs = [r for r in report["records"] if r["method"] == name]
         assert len(recs) == 3 and all(r["equal"] for r in recs)
@@ -111,8 +116,12 @@ def test_cli_parses_bench_flags():
         ["bench", "--no-retrieval", "--retrieval-grid", "2x6", "--no-adaptive"]
     )
     assert not args.retrieval and args.retrieval_grid == ((2, 6),) and not args.adaptive
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["bench", "--grid", "4by5"])
+    assert args.tree_grid == ()
+    args = build_parser().parse_args(["bench", "--tree-grid", "4x4n3,4x5N9"])
+    assert args.tree_grid == ((4, 4, 3), (4, 5, 9))
+    for bad in (["--grid", "4by5"], ["--tree-grid", "4x4"], ["--tree-grid", "4x4n0"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["bench", *bad])
     assert bench.spread(list(range(80)), 4) == [0, 20, 40, 60]
 
 

@@ -42,6 +42,57 @@ def test_beam_search_l1_and_bad_args(tiny_model, tiny_drafter):
         rr.beam_search(tiny_drafter, embed, h, root, 1000, 3)
 
 
+def _path_log_prob(drafter, embed, h, path):
+    """log q(path[1:] | root = path[0]) under the drafter, one token at a time ([H], [d+1])."""
+    state, total = h.new_zeros(1, h.shape[0]), 0.0
+    to_draft = {int(t): i for i, t in enumerate(drafter.draft_to_target.tolist())}
+    for prev, tok in zip(path[:-1], path[1:], strict=True):
+        state = drafter.rnn_step(state, embed(torch.tensor([prev])))
+        log_q = torch.log_softmax(drafter.logits(h[None], state).float(), dim=-1)
+        total += float(log_q[0, to_draft[tok]])
+    return total
+
+
+def test_best_nodes_are_the_most_probable_paths(tiny_model):
+    # 6 draft tokens and W = 6: every node to depth 2 is expanded, so the N kept nodes must be
+    # the N most probable of all 6 + 36 paths (brute force), best first, and form a tree.
+    torch.manual_seed(3)
+    vocab = torch.tensor([9, 3, 40, 41, 77, 2])
+    drafter = rr.RecurrentDrafter.for_target(tiny_model, draft_vocab=vocab).eval()
+    embed = tiny_model.get_input_embeddings()
+    h, root = torch.randn(2, 64), torch.tensor([5, 6])
+    beams = rr.best_nodes_search(drafter, embed, h, root, 10, 6, 3)  # [B, N, L]
+    assert beams.shape == (2, 10, 3) and beams.dtype == torch.long
+    assert torch.equal(beams, rr.best_nodes_search(drafter, embed, h, root, 10, 6, 3))
+    with torch.no_grad():
+        for b in range(2):
+            r = int(root[b])
+            paths = [(r, int(x)) for x in vocab] + [
+                (r, int(x), int(y)) for x in vocab for y in vocab
+            ]
+            score = {p: _path_log_prob(drafter, embed, h[b], p) for p in paths}
+            want = sorted(paths, key=lambda p: -score[p])[:10]
+            got = [tuple(t for t in row if t >= 0) for row in beams[b].tolist()]
+            assert got == want
+            assert all(p[:-1] in got or len(p) == 2 for p in got)  # prefix-closed
+            tree = rr.pack_beams(beams[b : b + 1].numpy())
+            assert tree.num_nodes.tolist() == [11]  # the root + N distinct nodes
+
+
+def test_best_nodes_budget_and_bad_args(tiny_model, tiny_drafter):
+    embed = tiny_model.get_input_embeddings()
+    h, root = torch.randn(1, 64), torch.tensor([4])
+    # W = 2, L = 4: 2 + 4 + 4 candidates, so a larger budget keeps all of them
+    many = rr.best_nodes_search(tiny_drafter, embed, h, root, 50, 2, 4)
+    assert many.shape == (1, 10, 4)
+    assert rr.pack_beams(many.numpy()).num_nodes.tolist() == [11]
+    assert rr.best_nodes_search(tiny_drafter, embed, h, root, 3, 2, 1).tolist() == [[[4]]]
+    with pytest.raises(RedrafterError, match="tree_nodes"):
+        rr.best_nodes_search(tiny_drafter, embed, h, root, 0, 2, 3)
+    with pytest.raises(RedrafterError, match="beam_width"):
+        rr.best_nodes_search(tiny_drafter, embed, h, root, 3, 0, 3)
+
+
 def test_reduced_vocabulary_maps_back_to_target_ids(tiny_model):
     vocab = torch.tensor([9, 3, 40, 41, 77, 2, 60, 11])
     drafter = rr.RecurrentDrafter.for_target(tiny_model, draft_vocab=vocab, exit_dim=32)
@@ -138,6 +189,8 @@ def test_checkpoint_with_wrong_tensor_shapes(tmp_path, tiny_model):
         (torch.ones(1, 3, dtype=torch.long), {"beam_width": 0}, "beam_width"),
         (torch.ones(1, 3, dtype=torch.long), {"beam_length": 0}, "beam_length"),
         (torch.ones(1, 3, dtype=torch.long), {"max_new_tokens": 0}, "max_new_tokens"),
+        (torch.ones(1, 3, dtype=torch.long), {"tree_nodes": 0}, "tree_nodes"),
+        (torch.ones(1, 3, dtype=torch.long), {"tree_nodes": 4, "adaptive": True}, "adaptive"),
     ],
 )
 def test_generate_rejects_bad_input(tiny_model, tiny_drafter, ids, kwargs, fragment):

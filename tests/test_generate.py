@@ -9,6 +9,7 @@ import torch
 
 import redrafter_rs as rr
 from helpers import NoisyOracleDrafter, OracleDrafter
+from redrafter_rs.target import left_pad
 
 
 def _plain(model, ids, n):
@@ -28,6 +29,38 @@ def test_tiny_llama_equals_generate(tiny_model, tiny_drafter, W, L):
         assert torch.equal(out.sequences, want), (W, L, ids.tolist())
         assert out.stats.new_tokens == want.shape[1] - T
         assert out.stats.steps == 0 or 1.0 <= out.stats.tau <= L
+
+
+@pytest.mark.parametrize(("W", "L", "N"), [(1, 2, 1), (2, 4, 3), (4, 4, 9), (4, 6, 20), (8, 5, 2)])
+def test_tiny_llama_best_nodes_tree_equals_generate(tiny_model, tiny_drafter, W, L, N):
+    gen = torch.Generator().manual_seed(W * 1000 + L * 10 + N)
+    prompts = [torch.randint(2, 96, (int(torch.randint(1, 20, (1,), generator=gen)),),
+                             generator=gen) for _ in range(4)]  # fmt: skip
+    for ids in prompts:
+        want = _plain(tiny_model, ids[None], 24)
+        out = rr.generate(tiny_model, tiny_drafter, ids[None], max_new_tokens=24,
+                          beam_width=W, beam_length=L, tree_nodes=N)  # fmt: skip
+        assert torch.equal(out.sequences, want), (W, L, N, ids.tolist())
+        assert out.stats.shapes == {f"{W}x{L}n{N}": out.stats.steps}
+    # a left-padded batch, with retrieval drafts on top of the tree
+    ids, mask = left_pad([p.tolist() for p in prompts], 1)
+    out = rr.generate(tiny_model, tiny_drafter, ids, mask, max_new_tokens=24, beam_width=W,
+                      beam_length=L, tree_nodes=N, retrieval=True)  # fmt: skip
+    for row, p in enumerate(prompts):
+        want = _plain(tiny_model, p[None], 24)[0, len(p) :].tolist()
+        assert out.sequences[row, ids.shape[1] :].tolist()[: len(want)] == want, row
+
+
+def test_tree_nodes_needs_a_drafter_that_takes_it(tiny_model):
+    class Chain(torch.nn.Module):  # a drafter written against the plain protocol
+        def draft(self, hidden, root, *, embed, beam_width, beam_length, context=None):
+            return root.view(-1, 1, 1).expand(-1, 1, beam_length).contiguous()
+
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(rr.RedrafterError, match="Chain.draft takes no tree_nodes"):
+        rr.generate(tiny_model, Chain(), ids, max_new_tokens=4, tree_nodes=3)
+    want = _plain(tiny_model, ids, 4)  # and without tree_nodes it drafts as before
+    assert torch.equal(rr.generate(tiny_model, Chain(), ids, max_new_tokens=4).sequences, want)
 
 
 def test_tiny_llama_oracle_drafter_accepts_everything(tiny_model):
@@ -167,6 +200,17 @@ def test_cli_demo_with_retrieval_and_fast_linear(capsys):
     assert not build_parser().parse_args(["demo", "--no-retrieval"]).retrieval
     fixed = build_parser().parse_args(["demo", "--no-adaptive", "-W", "2", "-L", "3"])
     assert not fixed.adaptive and (fixed.beam_width, fixed.beam_length) == (2, 3)
+
+
+def test_cli_demo_best_nodes_tree(capsys):
+    """`redrafter demo --tree-nodes N`: a fixed best-nodes tree (no policy), lossless."""
+    from redrafter_rs.cli import main
+
+    argv = ["demo", "--question", "20", "--max-new-tokens", "10", "--tree-nodes", "3"]
+    assert main([*argv, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "identical    : True" in out and "W=4, L=4, best-nodes tree of 3" in out
+    assert "adaptive" not in out and "shapes       : " not in out
 
 
 def test_request_context_grows_incrementally():

@@ -97,11 +97,11 @@ def _plain_samples(model, settings: dict, seed: int) -> np.ndarray:
     return _counts(_codes(out))
 
 
-def _spec_samples(model, drafter, settings: dict, seed: int, biased: bool = False):
+def _spec_samples(model, drafter, settings: dict, seed: int, biased: bool = False, nodes=None):
     ids = PROMPT.repeat(N_SAMPLES, 1)
     gen = torch.Generator().manual_seed(seed)
     params = rr.SamplingParams(**settings)
-    config = rr.SpecConfig(beam_width=3, beam_length=3, max_new_tokens=NEW)
+    config = rr.SpecConfig(beam_width=3, beam_length=3, max_new_tokens=NEW, tree_nodes=nodes)
     engine = (BiasedPQGenerator if biased else rr.SpeculativeGenerator)(model, drafter, config)
     for row in range(N_SAMPLES):
         engine.add(row, ids[row], params, generator=gen)
@@ -131,6 +131,19 @@ def test_speculative_sampling_matches_plain_sampling(model, drafter, settings):
     p_value = chi2_homogeneity(plain, spec)
     tv, bound = tv_distance(plain, spec), tv_bound(plain, spec, N_SAMPLES)
     print(f"\n{settings}: chi2 p = {p_value:.4f}, TV = {tv:.4f} (bound {bound:.4f})")
+    assert p_value > 0.01
+    assert tv < bound
+
+
+def test_best_nodes_tree_sampling_matches_plain_sampling(model, drafter):
+    # a tree whose branches end at different depths: the same test, one setting
+    settings = {"temperature": 1.0}
+    plain = _plain_samples(model, settings, seed=1)
+    spec, accepted = _spec_samples(model, drafter, settings, seed=6, nodes=4)
+    assert accepted > N_SAMPLES // 10
+    p_value = chi2_homogeneity(plain, spec)
+    tv, bound = tv_distance(plain, spec), tv_bound(plain, spec, N_SAMPLES)
+    print(f"\nbest-nodes {settings}: chi2 p = {p_value:.4f}, TV = {tv:.4f} (bound {bound:.4f})")
     assert p_value > 0.01
     assert tv < bound
 

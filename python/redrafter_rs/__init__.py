@@ -9,7 +9,7 @@ out.stats.tau  # tokens per verification step
 
 from redrafter_rs._core import Acceptance, Tree, accept, pack_beams
 from redrafter_rs._core import __version__ as __version__
-from redrafter_rs.beam_search import beam_search
+from redrafter_rs.beam_search import beam_search, best_nodes_search
 from redrafter_rs.drafter import DrafterConfig, RecurrentDrafter
 from redrafter_rs.engine import GenerationStats, Request, SpecConfig, SpeculativeGenerator
 from redrafter_rs.errors import RedrafterError
@@ -46,6 +46,7 @@ __all__ = [
     "__version__",
     "accept",
     "beam_search",
+    "best_nodes_search",
     "build_datastore",
     "generate",
     "pack_beams",

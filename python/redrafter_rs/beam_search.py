@@ -1,7 +1,17 @@
-"""Deterministic beam search over the recurrent drafter (ReDrafter §3.2).
+"""Deterministic beam search over the recurrent drafter (ReDrafter §3.2), and best-nodes trees.
 
 L includes the root token g0 (the target's own next token), so L - 1 tokens are drafted. Only
 beam 0 is alive at the first step, so the first expansion yields W distinct children of g0.
+
+`best_nodes_search` spends a fixed node budget N where the drafter expects acceptance. Beam
+search keeps W full-length beams, so a second-best first token is dropped as soon as W deeper
+continuations outscore it, although a node is accepted with (about) its path probability,
+whatever its depth. Best-nodes expands the W best nodes of each depth with their W best
+children (the same drafter calls as beam search at width W) and keeps the N nodes of highest
+path probability q(x1) q(x2|x1)...: a parent always outscores its children, so the kept set is
+a tree. With calibrated drafter probabilities that maximises the expected accepted length for N
+nodes (EAGLE-2 and Sequoia choose trees the same way). Its branches have different depths, so
+the beams it returns end early (-1 padding, which `pack_beams` turns into no node).
 """
 
 from __future__ import annotations
@@ -75,3 +85,54 @@ def beam_search(
 def _gather_beams(x: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
     """x [B, w, D] gathered along the beam axis by parent [B, W] -> [B, W, D]."""
     return x.gather(1, parent[..., None].expand(-1, -1, x.shape[-1]))
+
+
+@torch.no_grad()
+def best_nodes_search(
+    drafter: nn.Module,
+    embed: nn.Module,
+    hidden: torch.Tensor,
+    root: torch.Tensor,
+    nodes: int,
+    beam_width: int,
+    beam_length: int,
+) -> torch.Tensor:
+    """Beams [B, N, L] (int64, -1 after a beam's end) holding the `nodes` (N) drafted tokens of
+    highest path probability, one beam per node (root, its path, then -1), best first.
+
+    Each of the L - 1 depths expands the `beam_width` (W) best nodes of the previous depth
+    with their W most likely children, so there are W + W * W * (L - 2) candidates (the
+    root alone is expanded first); a larger N keeps them all.
+    """
+    W, L = beam_width, beam_length
+    _check_args(drafter, hidden, root, W, L)
+    check(nodes >= 1, f"tree_nodes must be >= 1, got {nodes}")
+    B, H = hidden.shape
+    if L == 1:  # nothing to draft
+        return root.view(B, 1, 1).clone()
+    hidden = hidden.to(drafter.head.weight.dtype)
+    k = min(W, drafter.config.head_size)
+    paths = root.view(B, 1, 1)  # [B, f, d+1]: frontier paths, root first
+    state = hidden.new_zeros(B, 1, H)  # [B, f, H]
+    score = hidden.new_zeros(B, 1)  # [B, f]
+    found_paths, found_scores = [], []
+    for d in range(L - 1):
+        state = drafter.rnn_step(state, embed(paths[:, :, -1]).to(state.dtype))  # [B, f, H]
+        logits = drafter.logits(hidden[:, None, :].expand_as(state), state)  # [B, f, V']
+        top, idx = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)  # [B, f, k]
+        f = paths.shape[1]
+        parent = torch.arange(f, device=root.device).repeat_interleave(k).expand(B, -1)
+        child = torch.cat(
+            [_gather_beams(paths, parent), drafter.draft_to_target[idx].view(B, -1, 1)], dim=-1
+        )  # [B, f*k, d+2]
+        child_score = (score[..., None] + top).view(B, -1)  # [B, f*k]
+        pad = child.new_full((B, f * k, L - 2 - d), -1)
+        found_paths.append(torch.cat([child, pad], dim=-1))  # [B, f*k, L]
+        # ties between a parent and its child (probability 1) go to the parent
+        found_scores.append(child_score - 1e-6 * (d + 1))
+        score, keep = child_score.topk(min(W, f * k), dim=-1)  # [B, W]
+        paths = _gather_beams(child, keep)  # [B, W, d+2]
+        state = _gather_beams(state, parent.gather(1, keep))  # [B, W, H]
+    all_paths = torch.cat(found_paths, dim=1)  # [B, C, L]
+    best = torch.cat(found_scores, dim=1).topk(min(nodes, all_paths.shape[1]), dim=-1).indices
+    return _gather_beams(all_paths, best).contiguous()  # [B, N, L]

@@ -6,6 +6,8 @@ Methods (all greedy, batch 1):
     plain_loop         our engine with W = L = 1: plain decoding through our own loop, which
                        separates engine overhead from what speculation gains
     redrafter_WxL      ReDrafter with beam width W and beam length L, one per grid point
+    redrafter_WxLnN    ReDrafter drafting a best-nodes tree of N tokens (the most probable
+                       paths up to depth L - 1; `tree_grid`, e.g. --tree-grid 4x4n3,4x5n9)
     redrafter_auto     ReDrafter with the load-aware policy (`adaptive=True`, policy.py): (W, L)
                        chosen per step from measured costs and acceptance, up to the grid's
                        largest W and L, plain decoding included
@@ -56,6 +58,7 @@ class BenchConfig:
     grid: tuple[tuple[int, int], ...] = DEFAULT_GRID  # ReDrafter (W, L) points
     retrieval: bool = True  # also retrieval_WxL (alone) and redrafter+retrieval_WxL (grid)
     retrieval_grid: tuple[tuple[int, int], ...] = DEFAULT_RETRIEVAL_GRID  # retrieval alone
+    tree_grid: tuple[tuple[int, int, int], ...] = ()  # best-nodes trees (W, L, N)
     methods: tuple[str, ...] = ()  # fnmatch patterns of methods to run; () = all
     prompt_lookup_tokens: int = 10  # HF `prompt_lookup_num_tokens`
     assistant: str | None = None  # same-tokenizer draft model dir for HF assisted generation
@@ -214,15 +217,17 @@ def _engine_runner(
     L: int,
     retrieval=None,
     adaptive: bool = False,
+    tree_nodes: int | None = None,
 ) -> Callable:
     """`rr.generate` at (W, L); `retrieval` (a RetrievalConfig) merges retrieval drafts;
-    `adaptive` lets the policy pick the shape per step, up to (W, L)."""
+    `adaptive` lets the policy pick the shape per step, up to (W, L); `tree_nodes` drafts a
+    best-nodes tree."""
     from redrafter_rs.generate import generate
 
     def run(ids: torch.Tensor) -> tuple[list[int], dict]:
         out = generate(
             model, drafter, ids, max_new_tokens=n, beam_width=W, beam_length=L,
-            retrieval=retrieval, adaptive=adaptive,
+            retrieval=retrieval, adaptive=adaptive, tree_nodes=tree_nodes,
         )  # fmt: skip
         stats = out.stats
         hist = [0] * L
@@ -267,6 +272,9 @@ def build_methods(config: BenchConfig, setup: Setup) -> tuple[list[Method], dict
             skipped[name] = "no drafter for this model"
             continue
         methods.append(Method(name, _engine_runner(model, setup.drafter, n, W, L), shape=(W, L)))
+    for W, L, N in config.tree_grid if setup.drafter is not None else ():
+        run = _engine_runner(model, setup.drafter, n, W, L, tree_nodes=N)
+        methods.append(Method(f"redrafter_{W}x{L}n{N}", run, shape=(W, L)))
     if setup.drafter is not None and config.adaptive:
         W, L = _grid_bound(config.grid)
         run = _engine_runner(model, setup.drafter, n, W, L, adaptive=True)
@@ -310,6 +318,9 @@ def _retrieval_methods(config: BenchConfig, setup: Setup) -> list[Method]:
         for W, L in config.grid:
             run = _engine_runner(model, setup.drafter, n, W, L, RetrievalConfig())
             methods.append(Method(f"redrafter+retrieval_{W}x{L}", run, shape=(W, L)))
+        for W, L, N in config.tree_grid:
+            run = _engine_runner(model, setup.drafter, n, W, L, RetrievalConfig(), tree_nodes=N)
+            methods.append(Method(f"redrafter+retrieval_{W}x{L}n{N}", run, shape=(W, L)))
         if config.adaptive:
             W, L = _grid_bound(config.grid)
             run = _engine_runner(model, setup.drafter, n, W, L, RetrievalConfig(), adaptive=True)
@@ -777,6 +788,20 @@ def parse_grid(text: str) -> tuple[tuple[int, int], ...]:
     return grid
 
 
+def parse_tree_grid(text: str) -> tuple[tuple[int, int, int], ...]:
+    """Parse best-nodes trees such as "4x4n3,4x5n9" into ((4, 4, 3), (4, 5, 9))."""
+    try:
+        grid = tuple(
+            (*parse_grid(beams)[0], int(nodes))
+            for beams, _, nodes in (item.lower().partition("n") for item in text.split(","))
+        )
+    except (ValueError, argparse.ArgumentTypeError):
+        grid = ((0, 0, 0),)
+    if not all(min(g) >= 1 for g in grid):
+        raise argparse.ArgumentTypeError(f"--tree-grid: expected e.g. 4x4n3,4x5n9, got {text!r}")
+    return grid
+
+
 def add_parser(sub) -> None:
     """Register `redrafter bench` on the CLI's subparsers."""
     p = sub.add_parser("bench", help="ReDrafter vs model.generate vs prompt lookup (tokens/s, τ)")
@@ -790,6 +815,10 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--retrieval-grid", type=parse_grid, default=d.retrieval_grid,
         help="W x L points of retrieval_WxL (retrieval drafts alone)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tree-grid", type=parse_tree_grid, default=d.tree_grid,
+        help="best-nodes trees W x L n N (N drafted tokens), e.g. 4x4n3,4x5n9",
     )  # fmt: skip
     p.add_argument(
         "--no-retrieval", dest="retrieval", action="store_false",
@@ -824,6 +853,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         grid=args.grid,
         retrieval=args.retrieval,
         retrieval_grid=args.retrieval_grid,
+        tree_grid=args.tree_grid,
         methods=tuple(p for p in args.methods.split(",") if p),
         prompt_lookup_tokens=args.prompt_lookup_tokens,
         assistant=args.assistant,

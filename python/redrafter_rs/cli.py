@@ -32,6 +32,12 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
         "decoding included (policy.py; the default); --no-adaptive: always W x L",
     )  # fmt: skip
     p.add_argument(
+        "--tree-nodes", type=int, default=None, metavar="N",
+        help="draft a best-nodes tree of N tokens per step (the most probable paths, up to depth "
+        "L-1, W children of the W best nodes per depth) instead of W beams; a fixed tree, so "
+        "it implies --no-adaptive",
+    )  # fmt: skip
+    p.add_argument(
         "--fast-linear", action="store_true",
         help="small-M CPU kernels for the target's linear layers (logits differ by ~1e-5)",
     )  # fmt: skip
@@ -44,7 +50,8 @@ def _spec_kwargs(args: argparse.Namespace, max_new_tokens: int | None = None) ->
         "beam_width": args.beam_width,
         "beam_length": args.beam_length,
         "retrieval": True if args.retrieval else None,
-        "adaptive": args.adaptive,
+        "adaptive": args.adaptive and args.tree_nodes is None,
+        "tree_nodes": args.tree_nodes,
     }
 
 
@@ -91,7 +98,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model.generate(ids, do_sample=False, max_new_tokens=4)
     _, t_warm = _timed(lambda: rr.generate(model, drafter, ids, **_spec_kwargs(args, 4)))
     plain, t_plain = _timed(lambda: model.generate(ids, do_sample=False, max_new_tokens=n))
-    spec, t_spec = _timed(lambda: rr.generate(model, drafter, ids, **_spec_kwargs(args)))
+    kwargs = _spec_kwargs(args)
+    spec, t_spec = _timed(lambda: rr.generate(model, drafter, ids, **kwargs))
     new_plain = plain.shape[1] - ids.shape[1]
     new_spec = spec.sequences.shape[1] - ids.shape[1]
     same = torch.equal(plain, spec.sequences)
@@ -104,8 +112,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"drafter: {args.drafter_label} "
         f"({sum(p.numel() for p in drafter.parameters()) / 1e6:.1f}M params), "
-        + ("adaptive up to " if args.adaptive else "")
+        + ("adaptive up to " if kwargs["adaptive"] else "")
         + f"W={args.beam_width}, L={args.beam_length}"
+        + (f", best-nodes tree of {args.tree_nodes}" if args.tree_nodes else "")
         + (", + retrieval drafts" if args.retrieval else "")
         + (", fast-linear kernels" if args.fast_linear else "")
     )
@@ -118,7 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"tau          : {spec.stats.tau:.2f} tokens per verification step "
         f"(acceptance per depth: {[round(a, 2) for a in spec.stats.acceptance_per_depth]})"
     )
-    if args.adaptive:
+    if kwargs["adaptive"]:
         shapes = sorted(spec.stats.shapes.items(), key=lambda kv: -kv[1])
         print("shapes       : " + ", ".join(f"{k} {v} steps" for k, v in shapes))
         print(f"calibration  : {t_warm:.1f} s once per process (in the warm-up, not timed)")

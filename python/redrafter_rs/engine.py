@@ -15,6 +15,7 @@ between steps; a finished row is dropped from the batch so it stops costing targ
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -41,11 +42,19 @@ class SpecConfig:
     compact_waste: float = 0.5  # squeeze KV holes once they exceed this fraction of the cache
     adaptive: bool = False  # load-aware (W, L) per step, up to (beam_width, beam_length)
     policy: PolicyConfig | None = None  # candidate shapes etc. for `adaptive`
+    tree_nodes: int | None = None  # N: best-nodes tree of N drafted tokens (None: W beams)
 
     def __post_init__(self) -> None:
         check(self.beam_width >= 1, f"beam_width must be >= 1, got {self.beam_width}")
         check(self.beam_length >= 1, f"beam_length must be >= 1, got {self.beam_length}")
         check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        N = self.tree_nodes
+        check(N is None or N >= 1, f"tree_nodes must be >= 1 or None, got {N}")
+        check(
+            N is None or not self.adaptive,
+            "tree_nodes and adaptive cannot be combined yet: the load-aware policy picks beam "
+            "shapes (W, L); pass one of them",
+        )
 
 
 @dataclass
@@ -166,6 +175,9 @@ class SpeculativeGenerator:
         self.compactions = 0  # KV-cache hole squeezes (O(context), rare)
         if hasattr(drafter, "check_target"):
             drafter.check_target(model)
+        if self.config.tree_nodes is not None:
+            takes = "tree_nodes" in inspect.signature(drafter.draft).parameters
+            check(takes, f"tree_nodes: {type(drafter).__name__}.draft takes no tree_nodes")
         self._pending: list[Request] = []
         self._active: list[Request] = []  # aligned with the batch rows below
         self._finished: dict[Hashable, Request] = {}
@@ -291,7 +303,7 @@ class SpeculativeGenerator:
         timer.lap("accept")
         self._advance(acc, hidden)
         timer.lap("cache")
-        self._emit_step(acc, out, f"{W}x{L}")
+        self._emit_step(acc, out, self._shape_name(W, L))
 
     # ---- pieces -------------------------------------------------------------------------
     def _prefill(self, prompts: list[list[int]]):
@@ -325,6 +337,8 @@ class SpeculativeGenerator:
         """
         extra = {}
         context = None
+        if self.config.tree_nodes is not None:
+            extra["tree_nodes"] = self.config.tree_nodes
         if getattr(self.drafter, "uses_context", False):
             context = [r.context() for r in self._active]
             extra["request_ids"] = [r.id for r in self._active]
@@ -356,9 +370,14 @@ class SpeculativeGenerator:
         self._hidden = hidden[torch.arange(hidden.shape[0], device=device), last]  # [B, H]
         self._root = torch.as_tensor(acc.bonus, device=device)
 
+    def _shape_name(self, W: int, L: int) -> str:
+        """ "WxL" for beams, "WxLnN" for a best-nodes tree of N nodes."""
+        N = self.config.tree_nodes
+        return f"{W}x{L}" if N is None else f"{W}x{L}n{N}"
+
     def _emit_step(self, acc: _core.Acceptance, out: dict, shape: str | None = None) -> None:
         """Record the step (tree `shape` "WxL"; default: the configured one) and emit tokens."""
-        shape = shape or f"{self.config.beam_width}x{self.config.beam_length}"
+        shape = shape or self._shape_name(self.config.beam_width, self.config.beam_length)
         done = []
         for row, req in enumerate(self._active):
             kept = int(acc.kept[row])

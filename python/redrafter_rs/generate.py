@@ -90,6 +90,7 @@ def stream(
     streamer=None,
     adaptive: bool = False,
     retrieval: bool | RetrievalConfig | None = None,
+    tree_nodes: int | None = None,
 ) -> Iterator[list[list[int]]]:
     """Yields, after every step, the new tokens of each row (`[]` for a row with none).
 
@@ -98,7 +99,10 @@ def stream(
     step's tokens, then `end()`.
     """
     prompts = _rows(input_ids, attention_mask)
-    config = SpecConfig(beam_width, beam_length, max_new_tokens, eos_token_id, adaptive=adaptive)
+    config = SpecConfig(
+        beam_width, beam_length, max_new_tokens, eos_token_id, adaptive=adaptive,
+        tree_nodes=tree_nodes,
+    )  # fmt: skip
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     engine = _start(model, drafter, prompts, config, params, generator, retrieval)
     yield from _steps(engine, len(prompts), streamer, prompts[0])
@@ -124,6 +128,7 @@ def generate(
     streamer=None,
     adaptive: bool = False,
     retrieval: bool | RetrievalConfig | None = None,
+    tree_nodes: int | None = None,
 ) -> GenerationOutput:
     """Speculative generation with `model.generate`'s contract.
 
@@ -138,11 +143,16 @@ def generate(
     (beam_width, beam_length), including plain decoding (see policy.py).
     retrieval: True or a `RetrievalConfig` adds retrieval drafts (the prompt and the text so far,
     optionally a datastore) to the tree (see retrieval.py); `drafter` may then be None.
+    tree_nodes: N drafts a best-nodes tree instead of W beams: the N drafted tokens of highest
+    path probability, expanding the W best nodes per depth up to depth L - 1 (beam_search.py).
     Returns input_ids followed by the new tokens; rows that stop early (EOS) are padded with
     `pad_token_id`, as `model.generate` pads them.
     """
     prompts = _rows(input_ids, attention_mask)
-    config = SpecConfig(beam_width, beam_length, max_new_tokens, eos_token_id, adaptive=adaptive)
+    config = SpecConfig(
+        beam_width, beam_length, max_new_tokens, eos_token_id, adaptive=adaptive,
+        tree_nodes=tree_nodes,
+    )  # fmt: skip
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     engine = _start(model, drafter, prompts, config, params, generator, retrieval)
     for _ in _steps(engine, len(prompts), streamer, prompts[0]):

@@ -181,8 +181,10 @@ class RetrievalDrafter(nn.Module):
         beam_length: int,
         context: list[torch.Tensor] | None = None,
         request_ids: list[Hashable] | None = None,
+        tree_nodes: int | None = None,
     ) -> torch.Tensor:
-        """Beams [B, W', L'] with beams[:, :, 0] == root: retrieval first, then the RNN's."""
+        """Beams [B, W', L'] with beams[:, :, 0] == root: retrieval first, then the RNN's
+        (its best-nodes tree with `tree_nodes`, less L - 1 nodes per displaced beam)."""
         check(
             context is not None and request_ids is not None,
             "RetrievalDrafter.draft needs `context` and `request_ids` (the engine passes them "
@@ -196,8 +198,10 @@ class RetrievalDrafter(nn.Module):
             beams, parts = self._alone(root_np, tokens, lengths, n)
             beams = torch.from_numpy(beams).to(root.device)
         else:
-            width = W - int(displaced.min())
-            rnn = self._rnn_beams(hidden, root, embed, width, L, context, request_ids)
+            width, nodes = W - int(displaced.min()), tree_nodes
+            if nodes is not None:  # a displaced beam frees L - 1 nodes; the RNN keeps its W
+                width, nodes = W, max(1, nodes - int(displaced.min()) * (L - 1))
+            rnn = self._rnn_beams(hidden, root, embed, width, L, context, request_ids, nodes)
             rnn_np = rnn.cpu().numpy()  # [B, w, L]
             ret = _candidate_beams(root_np, tokens, lengths, n, fill=rnn_np[:, 0])
             parts = {
@@ -298,8 +302,12 @@ class RetrievalDrafter(nn.Module):
         beams = _candidate_beams(root, tok, lens, n, fill=first[:, 0])
         return beams, {"retrieval": _Part(beams, np.arange(k)[None] < n[:, None])}
 
-    def _rnn_beams(self, hidden, root, embed, width, L, context, request_ids) -> torch.Tensor:
+    def _rnn_beams(
+        self, hidden, root, embed, width, L, context, request_ids, tree_nodes
+    ) -> torch.Tensor:
         extra = {"request_ids": request_ids} if getattr(self.rnn, "uses_context", False) else {}
+        if tree_nodes is not None:
+            extra["tree_nodes"] = tree_nodes
         return self.rnn.draft(
             hidden, root, embed=embed, beam_width=width, beam_length=L, context=context, **extra
         )
