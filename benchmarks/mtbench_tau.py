@@ -134,6 +134,7 @@ def count_row(raw: dict, stats, category: str) -> None:
     tokens = sum(stats.accepted_per_step) + stats.steps  # accepted drafts + one target token
     raw["tokens"] += tokens
     raw["steps"] += stats.steps
+    raw["nodes"] = raw.get("nodes", 0) + stats.tree_nodes
     raw["per_category"][category][0] += tokens
     raw["per_category"][category][1] += stats.steps
     for a in stats.accepted_per_step:
@@ -146,6 +147,7 @@ def summarize(raw: dict) -> dict:
     steps = raw["steps"]
     return {
         "tau": raw["tokens"] / steps,
+        "tree_nodes_per_step": raw.get("nodes", 0) / steps,  # roots included
         "acceptance_per_depth": [c / steps for c in raw["depth_hits"]],
         "tau_per_category": {c: v[0] / v[1] for c, v in sorted(raw["per_category"].items())},
         "greedy_equal": f"{raw['equal']}/{raw['rows']}",
@@ -156,7 +158,7 @@ def summarize(raw: dict) -> dict:
 
 def show(name: str, r: dict) -> None:
     print(
-        f"{name}: τ {r['tau']:.3f}, per depth "
+        f"{name}: τ {r['tau']:.3f}, {r['tree_nodes_per_step']:.1f} nodes/step, per depth "
         + " ".join(f"{a:.2f}" for a in r["acceptance_per_depth"])
         + f", equal {r['greedy_equal']}, {r['seconds']:.0f} s; "
         + ", ".join(f"{c} {v:.2f}" for c, v in r["tau_per_category"].items()),
@@ -170,7 +172,8 @@ def merge(paths: list[str], out: str) -> None:
     merged = {"config": reports[0]["config"] | {"merged_from": paths}, "shapes": {}}
     for name in reports[0]["shapes"]:
         raws = [r["shapes"][name]["raw"] for r in reports]
-        total = {key: sum(r[key] for r in raws) for key in ("tokens", "steps", "equal", "rows")}
+        keys = ("tokens", "steps", "equal", "rows", "nodes")
+        total = {key: sum(r.get(key, 0) for r in raws) for key in keys}
         total["seconds"] = max(r["seconds"] for r in raws)  # the shards ran side by side
         total["depth_hits"] = [sum(x) for x in zip(*(r["depth_hits"] for r in raws), strict=True)]
         cats: dict[str, list[int]] = defaultdict(lambda: [0, 0])

@@ -42,6 +42,8 @@ def test_tiny_llama_best_nodes_tree_equals_generate(tiny_model, tiny_drafter, W,
                           beam_width=W, beam_length=L, tree_nodes=N)  # fmt: skip
         assert torch.equal(out.sequences, want), (W, L, N, ids.tolist())
         assert out.stats.shapes == {f"{W}x{L}n{N}": out.stats.steps}
+        # every step verifies the root + N nodes (the pool, W + W*W*(L-2), is never smaller)
+        assert out.stats.tree_nodes == out.stats.steps * (N + 1)
     # a left-padded batch, with retrieval drafts on top of the tree
     ids, mask = left_pad([p.tolist() for p in prompts], 1)
     out = rr.generate(tiny_model, tiny_drafter, ids, mask, max_new_tokens=24, beam_width=W,

@@ -180,6 +180,21 @@ def test_retrieval_alone_accepts_on_a_repeated_phrase(bigram):
     assert out.stats.tau > 2.0, out.stats.summary()
 
 
+def test_short_candidates_end_early_and_add_no_nodes():
+    from redrafter_rs.retrieval import _candidate_beams
+
+    # row 0: candidates of 1 and 3 tokens; row 1: none (the fill, the root alone)
+    tokens = _i64([[[81, -1, -1], [81, 7, 65]], [[-1, -1, -1], [-1, -1, -1]]])
+    lengths, n = _i64([[1, 3], [0, 0]]), _i64([2, 0])
+    beams = _candidate_beams(_i64([65, 4]), tokens, lengths, n, fill=None)
+    assert beams.tolist() == [
+        [[65, 81, -1, -1], [65, 81, 7, 65]],
+        [[4, -1, -1, -1], [4, -1, -1, -1]],
+    ]
+    tree = rr.pack_beams(beams)
+    assert tree.num_nodes.tolist() == [4, 1]  # no node for any padding
+
+
 def test_datastore_proposes_the_continuation(model, rnn, tmp_path):
     prompt = _prompts(model)[0]
     want = _reference(model, prompt, 40)

@@ -67,6 +67,7 @@ class GenerationStats:
     steps: int = 0  # verification steps this request took part in (prefill excluded)
     accepted_per_step: list[int] = field(default_factory=list)  # draft tokens accepted
     shapes: dict[str, int] = field(default_factory=dict)  # "WxL" -> steps at that tree shape
+    tree_nodes: int = 0  # tree nodes this row verified over all steps (roots included)
     time_s: dict[str, float] = field(default_factory=dict)  # engine phases (whole batch)
 
     @property
@@ -91,6 +92,7 @@ class GenerationStats:
             "tau": round(self.tau, 4),
             "acceptance_per_depth": [round(a, 4) for a in self.acceptance_per_depth],
             "shapes": dict(self.shapes),
+            "tree_nodes_per_step": round(self.tree_nodes / self.steps, 2) if self.steps else 0.0,
             "time_s": {k: round(v, 4) for k, v in self.time_s.items()},
         }
 
@@ -186,6 +188,7 @@ class SpeculativeGenerator:
         self._pos = self._hidden = self._root = None  # [B], [B, H], [B]
         self.policy = self._make_policy() if self.config.adaptive else None
         self._calibrated = False
+        self._step_nodes: np.ndarray | None = None  # [B] tree nodes of the step being emitted
 
     def _make_policy(self) -> ShapePolicy:
         cfg = self.config.policy or PolicyConfig()
@@ -303,6 +306,7 @@ class SpeculativeGenerator:
         timer.lap("accept")
         self._advance(acc, hidden)
         timer.lap("cache")
+        self._step_nodes = tree.num_nodes  # [B], read by _emit_step
         self._emit_step(acc, out, self._shape_name(W, L))
 
     # ---- pieces -------------------------------------------------------------------------
@@ -379,9 +383,11 @@ class SpeculativeGenerator:
         """Record the step (tree `shape` "WxL"; default: the configured one) and emit tokens."""
         shape = shape or self._shape_name(self.config.beam_width, self.config.beam_length)
         done = []
+        nodes, self._step_nodes = self._step_nodes, None
         for row, req in enumerate(self._active):
             kept = int(acc.kept[row])
             req.stats.steps += 1
+            req.stats.tree_nodes += int(nodes[row]) if nodes is not None else 0
             req.stats.shapes[shape] = req.stats.shapes.get(shape, 0) + 1
             req.stats.accepted_per_step.append(kept - 1)
             if self._emit(req, acc.tokens[row, :kept].tolist(), out):

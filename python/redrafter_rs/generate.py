@@ -175,6 +175,7 @@ def _assemble(input_ids, reqs, pad: int, engine: SpeculativeGenerator) -> Genera
         total.new_tokens += r.stats.new_tokens
         total.steps += r.stats.steps
         total.accepted_per_step += r.stats.accepted_per_step
+        total.tree_nodes += r.stats.tree_nodes
         for shape, n in r.stats.shapes.items():
             total.shapes[shape] = total.shapes.get(shape, 0) + n
     total.time_s = dict(engine.time_s)

@@ -9,7 +9,8 @@ dropped when the request ends) and optionally in a shared read-only corpus index
 `_core.retrieve` call per step for the whole batch.
 
 `RetrievalDrafter(rnn | None, config)` implements the engine's drafter protocol: beams
-[B, W', L] = retrieval candidates (padded to L) followed by the RNN drafter's beams;
+[B, W', L] = retrieval candidates (shorter ones end early: -1, no tree node) followed by the
+RNN drafter's beams;
 `pack_beams` merges shared prefixes, so a proposal made twice costs no extra tree node.
 
 Budget: how a step's W beams are shared (`RetrievalConfig.budget`). Retrieval candidates
@@ -27,7 +28,8 @@ RNN whose beams keep a geometric(0.4) prefix of the truth; tau / tree nodes per 
                     RNN alone    retrieval alone  fixed        adaptive     extra
   repeating text    3.02 / 15.9  3.47 / 3.5       4.60 / 14.8  4.60 / 15.2  4.60 / 17.6
   non-repeating     3.01 / 15.9  1.04 / 1.3       2.92 / 15.9  2.99 / 16.3  3.02 / 16.3
-"adaptive" (the default) matches the best tau on both for the fewest extra nodes. Retrieval
+(Measured when short candidates were padded with their last token, which added nodes; they now
+end early.) "adaptive" (the default) matches the best tau on both for the fewest extra nodes. Retrieval
 alone takes up to min(max_candidates, W) beams and the tree shrinks to its longest candidate
 (a plain decode step when nothing matches).
 """
@@ -297,7 +299,7 @@ class RetrievalDrafter(nn.Module):
         tok[:, : tokens.shape[1]] = tokens[:, :, :depth]
         lens = np.zeros((B, k), dtype=np.int64)
         lens[:, : tokens.shape[1]] = lengths
-        # rows with fewer than k candidates repeat their first one (or the root, repeated)
+        # rows with fewer than k candidates repeat their first one (or the root alone)
         first = _candidate_beams(root, tok[:, :1], lens[:, :1], np.minimum(n, 1), None)
         beams = _candidate_beams(root, tok, lens, n, fill=first[:, 0])
         return beams, {"retrieval": _Part(beams, np.arange(k)[None] < n[:, None])}
@@ -314,17 +316,17 @@ class RetrievalDrafter(nn.Module):
 
 
 def _candidate_beams(root, tokens, lengths, n, fill) -> np.ndarray:
-    """Beams [B, k, L] = root then each candidate, short ones padded with their last token;
-    slots past a row's `n` candidates become `fill[b]` ([B, L]; None: the root repeated)."""
+    """Beams [B, k, L] = root then each candidate, short ones ended early (-1: no tree node);
+    slots past a row's `n` candidates become `fill[b]` ([B, L]; None: the root alone)."""
     B, k, D = tokens.shape
-    beams = np.empty((B, k, D + 1), dtype=np.int64)
+    beams = np.full((B, k, D + 1), -1, dtype=np.int64)
     beams[:, :, 0] = root[:, None]
     if D:
-        last = np.take_along_axis(tokens, np.maximum(lengths - 1, 0)[..., None], axis=2)
         real = np.arange(D)[None, None] < lengths[..., None]
-        beams[:, :, 1:] = np.where(real, tokens, last)
+        beams[:, :, 1:] = np.where(real, tokens, -1)
     if fill is None:
-        fill = np.repeat(root[:, None], D + 1, axis=1)
+        fill = np.full((B, D + 1), -1, dtype=np.int64)
+        fill[:, 0] = root
     valid = np.arange(k)[None] < n[:, None]  # [B, k]
     return np.where(valid[..., None], beams, fill[:, None, :])
 
