@@ -29,9 +29,9 @@ RNN whose beams keep a geometric(0.4) prefix of the truth; tau / tree nodes per 
   repeating text    3.02 / 15.9  3.47 / 3.5       4.60 / 14.8  4.60 / 15.2  4.60 / 17.6
   non-repeating     3.01 / 15.9  1.04 / 1.3       2.92 / 15.9  2.99 / 16.3  3.02 / 16.3
 (Measured when short candidates were padded with their last token, which added nodes; they now
-end early.) "adaptive" (the default) matches the best tau on both for the fewest extra nodes. Retrieval
-alone takes up to min(max_candidates, W) beams and the tree shrinks to its longest candidate
-(a plain decode step when nothing matches).
+end early.) "adaptive" (the default) matches the best tau on both for the fewest extra nodes.
+Retrieval alone takes up to min(max_candidates, W) beams and the tree shrinks to its longest
+candidate (a plain decode step when nothing matches).
 """
 
 from __future__ import annotations
