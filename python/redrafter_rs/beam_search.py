@@ -114,7 +114,7 @@ def best_nodes_search(
     k = min(W, drafter.config.head_size)
     paths = root.view(B, 1, 1)  # [B, f, d+1]: frontier paths, root first
     state = hidden.new_zeros(B, 1, H)  # [B, f, H]
-    score = hidden.new_zeros(B, 1)  # [B, f]
+    score = hidden.new_zeros(B, 1, dtype=torch.float64)  # [B, f]: float64 keeps ties exact
     found_paths, found_scores = [], []
     for d in range(L - 1):
         state = drafter.rnn_step(state, embed(paths[:, :, -1]).to(state.dtype))  # [B, f, H]
@@ -125,11 +125,11 @@ def best_nodes_search(
         child = torch.cat(
             [_gather_beams(paths, parent), drafter.draft_to_target[idx].view(B, -1, 1)], dim=-1
         )  # [B, f*k, d+2]
-        child_score = (score[..., None] + top).view(B, -1)  # [B, f*k]
+        child_score = (score[..., None] + top.double()).view(B, -1)  # [B, f*k]
         pad = child.new_full((B, f * k, L - 2 - d), -1)
         found_paths.append(torch.cat([child, pad], dim=-1))  # [B, f*k, L]
-        # ties between a parent and its child (probability 1) go to the parent
-        found_scores.append(child_score - 1e-6 * (d + 1))
+        # a parent and its child tie when q(child) rounds to 1: the parent goes first
+        found_scores.append(child_score - 1e-9 * (d + 1))
         score, keep = child_score.topk(min(W, f * k), dim=-1)  # [B, W]
         paths = _gather_beams(child, keep)  # [B, W, d+2]
         state = _gather_beams(state, parent.gather(1, keep))  # [B, W, H]

@@ -188,7 +188,6 @@ class SpeculativeGenerator:
         self._pos = self._hidden = self._root = None  # [B], [B, H], [B]
         self.policy = self._make_policy() if self.config.adaptive else None
         self._calibrated = False
-        self._step_nodes: np.ndarray | None = None  # [B] tree nodes of the step being emitted
 
     def _make_policy(self) -> ShapePolicy:
         cfg = self.config.policy or PolicyConfig()
@@ -306,8 +305,7 @@ class SpeculativeGenerator:
         timer.lap("accept")
         self._advance(acc, hidden)
         timer.lap("cache")
-        self._step_nodes = tree.num_nodes  # [B], read by _emit_step
-        self._emit_step(acc, out, self._shape_name(W, L))
+        self._emit_step(acc, out, self._shape_name(W, L), tree.num_nodes)
 
     # ---- pieces -------------------------------------------------------------------------
     def _prefill(self, prompts: list[list[int]]):
@@ -375,15 +373,17 @@ class SpeculativeGenerator:
         self._root = torch.as_tensor(acc.bonus, device=device)
 
     def _shape_name(self, W: int, L: int) -> str:
-        """ "WxL" for beams, "WxLnN" for a best-nodes tree of N nodes."""
+        """The stats key of a step's tree: WxL (beams) or WxLnN (a best-nodes tree of N)."""
         N = self.config.tree_nodes
         return f"{W}x{L}" if N is None else f"{W}x{L}n{N}"
 
-    def _emit_step(self, acc: _core.Acceptance, out: dict, shape: str | None = None) -> None:
-        """Record the step (tree `shape` "WxL"; default: the configured one) and emit tokens."""
+    def _emit_step(
+        self, acc: _core.Acceptance, out: dict, shape: str | None = None, nodes=None
+    ) -> None:
+        """Record the step (tree `shape`, default: the configured one; `nodes` [B] verified per
+        row, if known) and emit tokens."""
         shape = shape or self._shape_name(self.config.beam_width, self.config.beam_length)
         done = []
-        nodes, self._step_nodes = self._step_nodes, None
         for row, req in enumerate(self._active):
             kept = int(acc.kept[row])
             req.stats.steps += 1
