@@ -27,7 +27,7 @@ import torch
 import redrafter_rs as rr
 from redrafter_rs._io import atomic_write_text
 from redrafter_rs.assets import load_default_drafter
-from redrafter_rs.bench import _hf_runner, parse_grid
+from redrafter_rs.bench import _hf_runner, parse_grid, parse_tree_grid
 from redrafter_rs.data import chat_prompt, mt_bench_questions
 from redrafter_rs.drafter import RecurrentDrafter
 from redrafter_rs.models import load_model
@@ -36,12 +36,8 @@ from redrafter_rs.target import left_pad
 
 def parse_shapes(text: str) -> list[tuple[int, int, int | None]]:
     """Shapes such as "1x4,4x4n9" -> [(1, 4, None), (4, 4, 9)]: W x L beams, or best-nodes."""
-    shapes = []
-    for item in text.split(","):
-        beams, _, nodes = item.lower().partition("n")
-        (W, L), N = parse_grid(beams)[0], int(nodes) if nodes else None
-        shapes.append((W, L, N))
-    return shapes
+    items = text.lower().split(",")
+    return [parse_tree_grid(i)[0] if "n" in i else (*parse_grid(i)[0], None) for i in items]
 
 
 def batches(items: list, n: int) -> list[list]:
