@@ -91,7 +91,7 @@ def main() -> None:
     for W, L, N, ret in variants:
         name = f"{W}x{L}" + (f"n{N}" if N else "") + ("+retrieval" if ret else "")
         t = time.perf_counter()
-        raw = {"tokens": 0, "steps": 0, "equal": 0, "rows": len(qs)}
+        raw = {"tokens": 0, "steps": 0, "nodes": 0, "equal": 0, "rows": len(qs)}
         raw |= {"depth_hits": [0] * (L - 1), "per_category": defaultdict(lambda: [0, 0])}
         for chunk in batches(list(range(len(qs))), args.batch_size):
             ids, mask = left_pad([prompts[i] for i in chunk], pad)
@@ -130,7 +130,7 @@ def count_row(raw: dict, stats, category: str) -> None:
     tokens = sum(stats.accepted_per_step) + stats.steps  # accepted drafts + one target token
     raw["tokens"] += tokens
     raw["steps"] += stats.steps
-    raw["nodes"] = raw.get("nodes", 0) + stats.tree_nodes
+    raw["nodes"] += stats.tree_nodes
     raw["per_category"][category][0] += tokens
     raw["per_category"][category][1] += stats.steps
     for a in stats.accepted_per_step:
@@ -169,7 +169,7 @@ def merge(paths: list[str], out: str) -> None:
     for name in reports[0]["shapes"]:
         raws = [r["shapes"][name]["raw"] for r in reports]
         keys = ("tokens", "steps", "equal", "rows", "nodes")
-        total = {key: sum(r.get(key, 0) for r in raws) for key in keys}
+        total = {key: sum(r.get(key, 0) for r in raws) for key in keys}  # old: no "nodes"
         total["seconds"] = max(r["seconds"] for r in raws)  # the shards ran side by side
         total["depth_hits"] = [sum(x) for x in zip(*(r["depth_hits"] for r in raws), strict=True)]
         cats: dict[str, list[int]] = defaultdict(lambda: [0, 0])

@@ -61,10 +61,7 @@ def beam_search(
     scores = hidden.new_zeros(B, 1)  # [B, 1]
     history = hidden.new_zeros(B, 1, 0, drafter.config.head_size)  # [B, w, k, V']
     for _ in range(L - 1):
-        last = beams[:, :, -1]  # [B, w]
-        state = drafter.rnn_step(state, embed(last).to(state.dtype))  # [B, w, H]
-        logits = drafter.logits(hidden[:, None, :].expand_as(state), state)  # [B, w, V']
-        log_q = torch.log_softmax(logits.float(), dim=-1)  # [B, w, V']
+        state, log_q = _draft_step(drafter, embed, hidden, state, beams[:, :, -1])
         cand = scores[..., None] + log_q
         V = cand.shape[-1]
         scores, flat = cand.view(B, -1).topk(W, dim=-1)  # [B, W]
@@ -80,6 +77,15 @@ def beam_search(
         history = history.expand(B, W, 0, history.shape[-1])
     beams = beams.contiguous()  # [B, W, L]
     return (beams, history.contiguous()) if return_log_probs else beams
+
+
+def _draft_step(drafter, embed, hidden, state, last) -> tuple[torch.Tensor, torch.Tensor]:
+    """One drafter step for every live node: its last token `last` [B, w] moves the RNN state
+    [B, w, H]; returns the new state and the log-distribution over the draft vocabulary
+    [B, w, V'] given [h; s]."""
+    state = drafter.rnn_step(state, embed(last).to(state.dtype))  # [B, w, H]
+    logits = drafter.logits(hidden[:, None, :].expand_as(state), state)  # [B, w, V']
+    return state, torch.log_softmax(logits.float(), dim=-1)
 
 
 def _gather_beams(x: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
@@ -117,9 +123,8 @@ def best_nodes_search(
     score = hidden.new_zeros(B, 1, dtype=torch.float64)  # [B, f]: float64 keeps ties exact
     found_paths, found_scores = [], []
     for d in range(L - 1):
-        state = drafter.rnn_step(state, embed(paths[:, :, -1]).to(state.dtype))  # [B, f, H]
-        logits = drafter.logits(hidden[:, None, :].expand_as(state), state)  # [B, f, V']
-        top, idx = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)  # [B, f, k]
+        state, log_q = _draft_step(drafter, embed, hidden, state, paths[:, :, -1])
+        top, idx = log_q.topk(k, dim=-1)  # [B, f, k]
         f = paths.shape[1]
         parent = torch.arange(f, device=root.device).repeat_interleave(k).expand(B, -1)
         child = torch.cat(
