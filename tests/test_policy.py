@@ -1,8 +1,11 @@
-"""Load-aware speculation: the (W, L) decision rule, and exactness with it switched on."""
+"""Load-aware speculation: the tree-shape decision rule, and exactness with it switched on."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+import pytest
 import torch
 
 import redrafter_rs as rr
@@ -14,26 +17,30 @@ from redrafter_rs.policy import PolicyConfig, ShapePolicy
 TARGET_MS = {1: 51, 2: 54, 3: 56, 4: 95, 5: 99, 8: 118, 16: 194, 32: 380, 64: 760, 128: 1520}
 
 
-def _policy() -> ShapePolicy:
-    p = ShapePolicy(PolicyConfig(explore_every=0))
+BEAMS = tuple(s for s in PolicyConfig().shapes if len(s) == 2)
+
+
+def _policy(shapes=BEAMS) -> ShapePolicy:
+    p = ShapePolicy(PolicyConfig(shapes, explore_every=0))
     p.target_ms = dict(TARGET_MS)
-    p.draft_ms = {(W, L): 0.5 * W * (L - 1) for W, L in p.config.shapes}
+    p.draft_ms = {s: 0.5 * s[0] * (s[1] - 1) for s in p.config.shapes}
     return p
 
 
-def _feed(policy: ShapePolicy, W: int, L: int, rate: float, B: int = 1, steps: int = 200):
+def _feed(policy: ShapePolicy, W: int, L: int, rate: float, B: int = 1, steps: int = 200, N=None):
     rng = np.random.default_rng(0)
+    nodes = W * (L - 1) + 1 if N is None else N + 1
     for _ in range(steps):
         accepted = np.zeros(B, dtype=np.int64)
         for d in range(1, L):
             accepted += (accepted == d - 1) & (rng.random(B) < rate)
-        policy.observe(W, L, accepted, np.full(B, W * (L - 1) + 1))
+        policy.observe((W, L) if N is None else (W, L, N), accepted, np.full(B, nodes))
 
 
 def test_nothing_accepted_means_plain_decoding():
-    p = _policy()
-    for W, L in p.config.shapes:
-        _feed(p, W, L, rate=0.0)
+    p = _policy(PolicyConfig().shapes)
+    for s in p.config.shapes:
+        _feed(p, s[0], s[1], rate=0.0, N=s[2] if len(s) > 2 else None)
     assert p.choose(1) == (1, 1)
     assert p.choose(8) == (1, 1)
 
@@ -62,6 +69,22 @@ def test_acceptance_estimates_follow_observations():
     assert p.rates[4][0] > 0.8 and p.rates[2][0] < 0.35
 
 
+def test_best_nodes_tree_chosen_when_it_accepts_more_per_node():
+    """Trees keep their own acceptance estimates: a 9-node tree that accepts like a 4 x 4 beam
+    tree (13 nodes) wins on cost; one that accepts nothing loses to the beams."""
+    shapes = ((1, 1), (4, 4), (4, 4, 9))
+    p = _policy(shapes)
+    p.target_ms = {m: 51 + 2.0 * m for m in TARGET_MS}  # no cliff: cost grows with nodes
+    p.draft_ms[(4, 4, 9)] = p.draft_ms[(4, 4)]  # the same drafter calls as 4 x 4 beams
+    _feed(p, 4, 4, rate=0.7)
+    _feed(p, 4, 4, rate=0.7, N=9)
+    assert p.nodes[(4, 4, 9)] == pytest.approx(10) and p.nodes[(4, 4)] == pytest.approx(13)
+    assert p.choose(1) == (4, 4, 9)
+    _feed(p, 4, 4, rate=0.0, N=9)
+    assert p.rates[4][0] > 0.6 and p.rates[(4, 4, 9)][0] < 0.05  # beams kept their estimate
+    assert p.choose(1) == (4, 4)
+
+
 def test_adaptive_generation_stays_exact_and_calibrates(tiny_model, tiny_drafter):
     ids = torch.tensor([[4, 8, 15, 16]])
     want = tiny_model.generate(ids, do_sample=False, max_new_tokens=40)
@@ -72,10 +95,31 @@ def test_adaptive_generation_stays_exact_and_calibrates(tiny_model, tiny_drafter
         gen.step()
     assert gen.pop_finished()[0].tokens == want[0, 4:].tolist()
     assert gen.policy.target_ms and gen.policy.draft_ms  # measured, not assumed
-    shapes = [(W, L) for _, W, L in gen.policy.history]
-    assert max(L for _, L in shapes) > 1  # a perfect drafter gets speculation
+    shapes = [shape for _, shape in gen.policy.history]
+    assert max(s[1] for s in shapes) > 1  # a perfect drafter gets speculation
     out = rr.generate(tiny_model, tiny_drafter, ids, max_new_tokens=40, adaptive=True)
     assert torch.equal(out.sequences, want)
+
+
+def test_adaptive_best_nodes_trees_stay_exact(tiny_model, tiny_drafter):
+    """Steps that switch between plain decoding, beams and best-nodes trees (ragged, -1
+    padded) keep greedy output identical, with retrieval drafts merged too."""
+    ids = torch.tensor([[4, 8, 15, 16, 23, 42, 4, 8]])
+    want = tiny_model.generate(ids, do_sample=False, max_new_tokens=40)
+    shapes = ((1, 1), (2, 3), (4, 4, 3), (4, 4, 9))
+    for drafter in (tiny_drafter, rr.RetrievalDrafter(tiny_drafter)):
+        cfg = rr.SpecConfig(4, 4, 40, adaptive=True, policy=PolicyConfig(shapes))
+        gen = rr.SpeculativeGenerator(tiny_model, drafter, cfg)
+        cycle = itertools.cycle(shapes)  # every kind of step, in turn
+        gen.policy.choose = lambda B, c=cycle: next(c)
+        gen.add(0, ids)
+        while gen.has_unfinished():
+            gen.step()
+        req = gen.pop_finished()[0]
+        assert req.tokens == want[0, 8:].tolist()
+        assert {"1x1", "2x3", "4x4n3", "4x4n9"} == set(req.stats.shapes), req.stats.shapes
+        assert gen.policy.draft_ms[(4, 4, 9)] > 0  # trees are timed like beams
+        assert gen.policy.rates[(4, 4, 9)][0] != 0.5  # its own estimate, moved off the prior
 
 
 def test_calibration_is_measured_once_and_only_where_needed(tiny_model, tiny_drafter, monkeypatch):

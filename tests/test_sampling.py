@@ -185,7 +185,7 @@ class BiasedPQGenerator(rr.SpeculativeGenerator):
         probs = torch.softmax(scores, -1).view(*hidden.shape[:2], -1)  # [B, N, V]
         acc = self._pq_accept(tree, beams, probs, log_q.exp(), gen)
         self._advance(acc, hidden)
-        self._emit_step(acc, out)
+        self._emit_step(acc, out, f"{W}x{L}", tree.num_nodes)
 
     @staticmethod
     def _pq_accept(tree, beams, probs, q, gen):

@@ -15,6 +15,7 @@ between steps; a finished row is dropped from the batch so it stops costing targ
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from collections.abc import Hashable
@@ -27,7 +28,7 @@ from torch import nn
 from redrafter_rs import _core
 from redrafter_rs.errors import check
 from redrafter_rs.kv import BatchCache
-from redrafter_rs.policy import PolicyConfig, ShapePolicy
+from redrafter_rs.policy import PolicyConfig, Shape, ShapePolicy, shape_name, tree_nodes
 from redrafter_rs.sampling import GREEDY, SamplingParams, choose_tokens
 from redrafter_rs.target import Target, left_pad
 from redrafter_rs.transfer import Staging
@@ -40,7 +41,7 @@ class SpecConfig:
     max_new_tokens: int = 128  # default budget per request
     eos_token_id: int | list[int] | None = None  # None: the model's generation_config
     compact_waste: float = 0.5  # squeeze KV holes once they exceed this fraction of the cache
-    adaptive: bool = False  # load-aware (W, L) per step, up to (beam_width, beam_length)
+    adaptive: bool = False  # load-aware tree per step (beams or best-nodes), up to (W, L)
     policy: PolicyConfig | None = None  # candidate shapes etc. for `adaptive`
     tree_nodes: int | None = None  # N: best-nodes tree of N drafted tokens (None: W beams)
 
@@ -52,8 +53,9 @@ class SpecConfig:
         check(N is None or N >= 1, f"tree_nodes must be >= 1 or None, got {N}")
         check(
             N is None or not self.adaptive,
-            "tree_nodes and adaptive cannot be combined yet: the load-aware policy picks beam "
-            "shapes (W, L); pass one of them",
+            "tree_nodes and adaptive cannot be combined: tree_nodes fixes one best-nodes tree, "
+            "adaptive picks among beams and best-nodes trees (PolicyConfig.shapes) per step; "
+            "pass one of them",
         )
 
 
@@ -177,9 +179,11 @@ class SpeculativeGenerator:
         self.compactions = 0  # KV-cache hole squeezes (O(context), rare)
         if hasattr(drafter, "check_target"):
             drafter.check_target(model)
+        self._takes_tree = "tree_nodes" in inspect.signature(drafter.draft).parameters
         if self.config.tree_nodes is not None:
-            takes = "tree_nodes" in inspect.signature(drafter.draft).parameters
-            check(takes, f"tree_nodes: {type(drafter).__name__}.draft takes no tree_nodes")
+            check(
+                self._takes_tree, f"tree_nodes: {type(drafter).__name__}.draft takes no tree_nodes"
+            )
         self._pending: list[Request] = []
         self._active: list[Request] = []  # aligned with the batch rows below
         self._finished: dict[Hashable, Request] = {}
@@ -193,12 +197,16 @@ class SpeculativeGenerator:
         cfg = self.config.policy or PolicyConfig()
         W, L = self.config.beam_width, self.config.beam_length
         shapes = {s for s in cfg.shapes if s[0] <= W and s[1] <= L} | {(W, L), (1, 1)}
-        cfg = PolicyConfig(tuple(sorted(shapes)), cfg.prior_rate, cfg.ema, cfg.explore_every)
+        if not self._takes_tree:  # a drafter that only drafts beams
+            shapes = {s for s in shapes if tree_nodes(s) is None}
+        cfg = dataclasses.replace(cfg, shapes=tuple(sorted(shapes)))
         return ShapePolicy(cfg)
 
-    def _shape(self) -> tuple[int, int]:
+    def _shape(self) -> Shape:
+        """This step's (W, L) beams or (W, L, N) best-nodes tree."""
         if self.policy is None:
-            return self.config.beam_width, self.config.beam_length
+            W, L, N = self.config.beam_width, self.config.beam_length, self.config.tree_nodes
+            return (W, L) if N is None else (W, L, N)
         if not self._calibrated:
             self.policy.calibrate(self.target, self.drafter)
             self._calibrated = True
@@ -284,9 +292,9 @@ class SpeculativeGenerator:
         self._join(cache, pos[idx], hidden[idx], root[idx], [reqs[i] for i in keep])
 
     def _decode(self, out: dict[Hashable, list[int]]) -> None:
-        W, L = self._shape()
+        shape = self._shape()
         timer = _Timer(self.time_s, self.target.device)
-        beams = self._draft(W, L)  # [B, W, L]
+        beams = self._draft(shape)  # [B, W, L] beams, [B, N, L] a best-nodes tree
         beams_np = self.staging.to_host(beams, "beams")
         timer.lap("draft")
         tree = _core.pack_beams(beams_np, self.target.vocab_size)
@@ -301,11 +309,11 @@ class SpeculativeGenerator:
         if hasattr(self.drafter, "observe"):
             self.drafter.observe([r.id for r in self._active], acc)
         if self.policy is not None:
-            self.policy.observe(W, L, acc.num_accepted, tree.num_nodes)
+            self.policy.observe(shape, acc.num_accepted, tree.num_nodes)
         timer.lap("accept")
         self._advance(acc, hidden)
         timer.lap("cache")
-        self._emit_step(acc, out, self._shape_name(W, L), tree.num_nodes)
+        self._emit_step(acc, out, shape_name(shape), tree.num_nodes)
 
     # ---- pieces -------------------------------------------------------------------------
     def _prefill(self, prompts: list[list[int]]):
@@ -328,8 +336,9 @@ class SpeculativeGenerator:
             self._root = torch.cat([self._root, root])
         self._active.extend(reqs)
 
-    def _draft(self, W: int, L: int) -> torch.Tensor:
-        """Beams [B, W', L] from the drafter (W' may differ from W for multi-source drafters).
+    def _draft(self, shape: Shape) -> torch.Tensor:
+        """Beams [B, W', L] from the drafter (W' may differ from W for multi-source drafters;
+        W' = N, ragged with -1 padding, for a best-nodes tree (W, L, N)).
 
         Drafter protocol: `draft(hidden, root, *, embed, beam_width, beam_length, context)`.
         A drafter with `uses_context = True` also receives `context` (prompt + emitted tokens
@@ -337,10 +346,11 @@ class SpeculativeGenerator:
         `request_ids`; optional hooks `observe(request_ids, acceptance)` after each step and
         `release(request_id)` when a request ends.
         """
+        W, L, N = shape[0], shape[1], tree_nodes(shape)
         extra = {}
         context = None
-        if self.config.tree_nodes is not None:
-            extra["tree_nodes"] = self.config.tree_nodes
+        if N is not None:
+            extra["tree_nodes"] = N
         if getattr(self.drafter, "uses_context", False):
             context = [r.context() for r in self._active]
             extra["request_ids"] = [r.id for r in self._active]
@@ -372,22 +382,13 @@ class SpeculativeGenerator:
         self._hidden = hidden[torch.arange(hidden.shape[0], device=device), last]  # [B, H]
         self._root = torch.as_tensor(acc.bonus, device=device)
 
-    def _shape_name(self, W: int, L: int) -> str:
-        """The stats key of a step's tree: WxL (beams) or WxLnN (a best-nodes tree of N)."""
-        N = self.config.tree_nodes
-        return f"{W}x{L}" if N is None else f"{W}x{L}n{N}"
-
-    def _emit_step(
-        self, acc: _core.Acceptance, out: dict, shape: str | None = None, nodes=None
-    ) -> None:
-        """Record the step (tree `shape`, default: the configured one; `nodes` [B] verified per
-        row, if known) and emit tokens."""
-        shape = shape or self._shape_name(self.config.beam_width, self.config.beam_length)
+    def _emit_step(self, acc: _core.Acceptance, out: dict, shape: str, nodes: np.ndarray) -> None:
+        """Record the step (its tree `shape` name, `nodes` [B] verified per row) and emit."""
         done = []
         for row, req in enumerate(self._active):
             kept = int(acc.kept[row])
             req.stats.steps += 1
-            req.stats.tree_nodes += int(nodes[row]) if nodes is not None else 0
+            req.stats.tree_nodes += int(nodes[row])
             req.stats.shapes[shape] = req.stats.shapes.get(shape, 0) + 1
             req.stats.accepted_per_step.append(kept - 1)
             if self._emit(req, acc.tokens[row, :kept].tolist(), out):

@@ -139,8 +139,9 @@ def generate(
     settings (pass `top_k=0` to `model.generate` to disable its default top-k of 50).
 
     input_ids: [B, T] (or [T]), left-padded for B > 1 with `attention_mask` [B, T].
-    adaptive: pick (W, L) per step from the batch size and recent acceptance, up to
-    (beam_width, beam_length), including plain decoding (see policy.py).
+    adaptive: pick the draft tree per step (W' beams of L' tokens, or a best-nodes tree) from
+    the batch size, measured costs and recent acceptance, up to (beam_width, beam_length),
+    including plain decoding (see policy.py).
     retrieval: True or a `RetrievalConfig` adds retrieval drafts (the prompt and the text so far,
     optionally a datastore) to the tree (see retrieval.py); `drafter` may then be None.
     tree_nodes: N drafts a best-nodes tree instead of W beams: the N drafted tokens of highest

@@ -1,13 +1,17 @@
-"""Load-aware speculation: pick (W, L) per step from batch size and recent acceptance.
+"""Load-aware speculation: pick the draft tree per step from batch size and recent acceptance.
+
+A candidate shape is (W, L), W beams of L tokens, or (W, L, N), a best-nodes tree of N drafted
+tokens (the most probable paths up to depth L - 1, searched at width W; beam_search.py).
 
 Speculation pays when the extra tokens a step emits outweigh what the bigger tree costs. Both
 sides are measured, not guessed:
 - cost: a one-off calibration times the target forward for m new tokens (m = B * tree nodes,
   the quantity that decides when verification turns compute-bound) and the drafter's beam
-  search for each candidate shape; step cost = target(B * N(W, L)) + B * drafter(W, L).
-- gain: per width W, an exponential moving average of the conditional acceptance rate at each
-  depth, r_d = P(depth d accepted | depth d-1 accepted), updated from every step's acceptance.
-  Expected tokens per row and step: E(W, L) = 1 + sum_{d<L} prod_{j<=d} r_j(W).
+  search for each candidate shape; step cost = target(B * nodes(shape)) + B * drafter(shape).
+- gain: an exponential moving average of the conditional acceptance rate at each depth,
+  r_d = P(depth d accepted | depth d-1 accepted), updated from every step's acceptance; kept per
+  width W for beams (a longer beam shape extends a shorter one) and per shape for trees.
+  Expected tokens per row and step: E = 1 + sum_{d<L} prod_{j<=d} r_j.
 Each step takes the shape with the highest expected tokens per second, B * E / cost; (1, 1) is
 plain decoding (E = 1, no drafter). Every `explore_every` steps a random other shape is tried so
 the estimates of unused widths stay current; it picks among shapes whose expected cost is at
@@ -31,23 +35,37 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-DEFAULT_SHAPES = (
+Shape = tuple[int, ...]  # (W, L) beams or (W, L, N) a best-nodes tree
+
+DEFAULT_SHAPES: tuple[Shape, ...] = (
     (1, 1), (1, 2), (1, 3), (2, 3), (1, 4), (2, 4), (4, 4),
     (1, 5), (2, 5), (4, 5), (8, 5), (1, 6), (4, 6), (8, 6),
+    (4, 4, 3), (4, 4, 9), (4, 5, 12), (8, 5, 20), (8, 6, 32), (16, 7, 64),
 )  # fmt: skip
+
+
+def tree_nodes(shape: Shape) -> int | None:
+    """N of a best-nodes tree shape, None for beams."""
+    return shape[2] if len(shape) > 2 else None
+
+
+def shape_name(shape: Shape) -> str:
+    """WxL (beams) or WxLnN (a best-nodes tree of N)."""
+    N = tree_nodes(shape)
+    return f"{shape[0]}x{shape[1]}" if N is None else f"{shape[0]}x{shape[1]}n{N}"
 
 
 # target forward cost per number of new tokens m, measured at these points (ms)
 TARGET_POINTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 # model -> {m: ms}; dropped with the model
 _TARGET_MS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# drafter (a retrieval wrapper's RNN drafter) -> {(kind, W, L): ms}; dropped with the drafter
+# drafter (a retrieval wrapper's RNN drafter) -> {(kind, *shape): ms}; dropped with the drafter
 _DRAFT_MS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
 class PolicyConfig:
-    shapes: tuple[tuple[int, int], ...] = DEFAULT_SHAPES  # candidate (W, L)
+    shapes: tuple[Shape, ...] = DEFAULT_SHAPES  # candidate (W, L) beams and (W, L, N) trees
     prior_rate: float = 0.5  # acceptance-rate prior before any observation
     ema: float = 0.1  # weight of the newest observation
     explore_every: int = 16  # steps between exploration steps (0: never)
@@ -57,15 +75,16 @@ class PolicyConfig:
 class ShapePolicy:
     def __init__(self, config: PolicyConfig | None = None) -> None:
         self.config = config or PolicyConfig()
-        self.max_depth = max(L for _, L in self.config.shapes)
-        widths = sorted({W for W, _ in self.config.shapes})
-        self.rates = {W: np.full(self.max_depth, self.config.prior_rate) for W in widths}
+        self.max_depth = max(s[1] for s in self.config.shapes)
+        keys = {self._key(s) for s in self.config.shapes}
+        # acceptance-rate EMA per depth: per width W (beams), per shape (trees)
+        self.rates = {k: np.full(self.max_depth, self.config.prior_rate) for k in keys}
         self.target_ms: dict[int, float] = {}  # new tokens -> ms
-        self.draft_ms: dict[tuple[int, int], float] = {}  # (W, L) -> ms at B = 1
-        self.nodes = {s: float(s[0] * (s[1] - 1) + 1) for s in self.config.shapes}  # EMA
+        self.draft_ms: dict[Shape, float] = {}  # shape -> ms at B = 1
+        self.nodes = {s: float(_initial_nodes(s)) for s in self.config.shapes}  # EMA
         self.steps = 0
         self.rng = random.Random(self.config.seed)
-        self.history: list[tuple[int, int, int]] = []  # (B, W, L) chosen per step
+        self.history: list[tuple[int, Shape]] = []  # (B, shape) chosen per step
         self._target = self._ids = self._prefilled = None  # set by `calibrate` (lazy timing)
         self._repeats = 2
 
@@ -81,10 +100,11 @@ class ShapePolicy:
         inner = getattr(drafter, "rnn", None)  # a retrieval wrapper's RNN drafter
         table = _DRAFT_MS.setdefault(inner if isinstance(inner, torch.nn.Module) else drafter, {})
         kind = type(drafter).__name__
-        for W, L in self.config.shapes:
-            if (kind, W, L) not in table:
-                table[(kind, W, L)] = self._time_drafter(target, drafter, self._ids, W, L, repeats)
-            self.draft_ms[(W, L)] = table[(kind, W, L)]
+        for shape in self.config.shapes:
+            key = (kind, *shape)
+            if key not in table:
+                table[key] = self._time_drafter(target, drafter, self._ids, shape, repeats)
+            self.draft_ms[shape] = table[key]
 
     @torch.no_grad()
     def _ensure_target(self, m: float) -> None:
@@ -102,14 +122,15 @@ class ShapePolicy:
                 self.target_ms[p] = self._time_target(target, self._prefilled, p, self._repeats)
 
     @staticmethod
-    def _time_drafter(target, drafter, ids, W: int, L: int, repeats: int) -> float:
+    def _time_drafter(target, drafter, ids, shape: Shape, repeats: int) -> float:
+        W, L, N = shape[0], shape[1], tree_nodes(shape)
         if L == 1:
             return 0.0
         h = torch.zeros(1, target.hidden_size, device=ids.device)
         root = ids[:, -1]
-        extra = {"context": None}
+        extra = {"context": None} if N is None else {"context": None, "tree_nodes": N}
         if getattr(drafter, "uses_context", False):
-            extra = {"context": [ids[0]], "request_ids": ["__calibration__"]}
+            extra.update(context=[ids[0]], request_ids=["__calibration__"])
         _sync(ids.device)
         t = time.perf_counter()
         for _ in range(repeats):
@@ -134,12 +155,16 @@ class ShapePolicy:
         return best
 
     # ---- decisions ----------------------------------------------------------------------
-    def expected_tokens(self, W: int, L: int) -> float:
-        return 1.0 + float(np.cumprod(self.rates[W][: L - 1]).sum())
+    @staticmethod
+    def _key(shape: Shape):
+        return shape[0] if tree_nodes(shape) is None else tuple(shape)
 
-    def cost_ms(self, B: int, W: int, L: int) -> float:
-        m = B * self.nodes[(W, L)]
-        return self._interp(m) + B * self.draft_ms.get((W, L), 0.0)
+    def expected_tokens(self, *shape: int) -> float:
+        return 1.0 + float(np.cumprod(self.rates[self._key(shape)][: shape[1] - 1]).sum())
+
+    def cost_ms(self, B: int, *shape: int) -> float:
+        m = B * self.nodes[shape]
+        return self._interp(m) + B * self.draft_ms.get(shape, 0.0)
 
     def _interp(self, m: float) -> float:
         self._ensure_target(m)
@@ -149,7 +174,8 @@ class ShapePolicy:
             return ys[-1] * m / xs[-1]
         return float(np.interp(m, xs, ys))
 
-    def choose(self, B: int) -> tuple[int, int]:
+    def choose(self, B: int) -> Shape:
+        """The shape for the next step of a batch of B rows, as listed in `config.shapes`."""
         self.steps += 1
         shapes = list(self.config.shapes)
         shape = max(shapes, key=lambda s: B * self.expected_tokens(*s) / self.cost_ms(B, *s))
@@ -158,18 +184,25 @@ class ShapePolicy:
             budget = 2.0 * self.cost_ms(B, *shape)
             cheap = [s for s in shapes if s != shape and self.cost_ms(B, *s) <= budget]
             shape = self.rng.choice(cheap) if cheap else shape
-        self.history.append((B, *shape))
+        self.history.append((B, shape))
         return shape
 
-    def observe(self, W: int, L: int, accepted: np.ndarray, nodes: np.ndarray) -> None:
-        """Update acceptance rates of width W from per-row accepted counts, and tree sizes."""
-        a = self.config.ema
-        self.nodes[(W, L)] = (1 - a) * self.nodes[(W, L)] + a * float(nodes.mean())
-        for d in range(1, L):
+    def observe(self, shape: Shape, accepted: np.ndarray, nodes: np.ndarray) -> None:
+        """Update the acceptance rates of `shape` (its width, for beams) from per-row accepted
+        counts [B], and its tree size from the nodes verified per row [B]."""
+        a, rates = self.config.ema, self.rates[self._key(shape)]
+        self.nodes[shape] = (1 - a) * self.nodes[shape] + a * float(nodes.mean())
+        for d in range(1, shape[1]):
             tried = accepted >= d - 1  # rows that reached depth d - 1
             if tried.any():
                 rate = float((accepted[tried] >= d).mean())
-                self.rates[W][d - 1] = (1 - a) * self.rates[W][d - 1] + a * rate
+                rates[d - 1] = (1 - a) * rates[d - 1] + a * rate
+
+
+def _initial_nodes(shape: Shape) -> int:
+    """Tree nodes (root included) before any observation: W (L - 1) + 1 beams, N + 1 trees."""
+    N = tree_nodes(shape)
+    return shape[0] * (shape[1] - 1) + 1 if N is None else N + 1
 
 
 def _sync(device: torch.device) -> None:
