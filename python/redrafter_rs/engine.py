@@ -28,7 +28,14 @@ from torch import nn
 from redrafter_rs import _core
 from redrafter_rs.errors import check
 from redrafter_rs.kv import BatchCache
-from redrafter_rs.policy import PolicyConfig, Shape, ShapePolicy, shape_name, tree_nodes
+from redrafter_rs.policy import (
+    PolicyConfig,
+    Shape,
+    ShapePolicy,
+    draft_kwargs,
+    shape_name,
+    tree_nodes,
+)
 from redrafter_rs.sampling import GREEDY, SamplingParams, choose_tokens
 from redrafter_rs.target import Target, left_pad
 from redrafter_rs.transfer import Staging
@@ -346,11 +353,8 @@ class SpeculativeGenerator:
         `request_ids`; optional hooks `observe(request_ids, acceptance)` after each step and
         `release(request_id)` when a request ends.
         """
-        W, L, N = shape[0], shape[1], tree_nodes(shape)
-        extra = {}
+        extra = draft_kwargs(shape)
         context = None
-        if N is not None:
-            extra["tree_nodes"] = N
         if getattr(self.drafter, "uses_context", False):
             context = [r.context() for r in self._active]
             extra["request_ids"] = [r.id for r in self._active]
@@ -358,8 +362,6 @@ class SpeculativeGenerator:
             self._hidden,
             self._root,
             embed=self.target.embed,
-            beam_width=W,
-            beam_length=L,
             context=context,
             **extra,
         )

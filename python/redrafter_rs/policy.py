@@ -49,6 +49,14 @@ def tree_nodes(shape: Shape) -> int | None:
     return shape[2] if len(shape) > 2 else None
 
 
+def draft_kwargs(shape: Shape) -> dict:
+    """The keyword arguments of `drafter.draft` that ask for `shape`."""
+    kwargs = {"beam_width": shape[0], "beam_length": shape[1]}
+    if tree_nodes(shape) is not None:
+        kwargs["tree_nodes"] = tree_nodes(shape)
+    return kwargs
+
+
 def shape_name(shape: Shape) -> str:
     """WxL (beams) or WxLnN (a best-nodes tree of N)."""
     N = tree_nodes(shape)
@@ -123,18 +131,17 @@ class ShapePolicy:
 
     @staticmethod
     def _time_drafter(target, drafter, ids, shape: Shape, repeats: int) -> float:
-        W, L, N = shape[0], shape[1], tree_nodes(shape)
-        if L == 1:
+        if shape[1] == 1:
             return 0.0
         h = torch.zeros(1, target.hidden_size, device=ids.device)
         root = ids[:, -1]
-        extra = {"context": None} if N is None else {"context": None, "tree_nodes": N}
+        extra = {"context": None, **draft_kwargs(shape)}
         if getattr(drafter, "uses_context", False):
             extra.update(context=[ids[0]], request_ids=["__calibration__"])
         _sync(ids.device)
         t = time.perf_counter()
         for _ in range(repeats):
-            drafter.draft(h, root, embed=target.embed, beam_width=W, beam_length=L, **extra)
+            drafter.draft(h, root, embed=target.embed, **extra)
         _sync(ids.device)
         if hasattr(drafter, "release"):
             drafter.release("__calibration__")
