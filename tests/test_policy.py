@@ -85,6 +85,61 @@ def test_best_nodes_tree_chosen_when_it_accepts_more_per_node():
     assert p.choose(1) == (4, 4)
 
 
+def test_first_observations_replace_the_prior_quickly():
+    """A shape's first steps count 1/n (the prior as one observation), later ones as an EMA:
+    three steps that accept everything move a rate from the 0.5 prior past 0.85."""
+    p = _policy(((1, 1), (4, 4, 9)))
+    for _ in range(3):
+        p.observe((4, 4, 9), np.array([3]), np.array([10]))
+    assert p.rates[(4, 4, 9)][:3] == pytest.approx([0.875] * 3)
+    assert p.counts[(4, 4, 9)][:3].tolist() == [3, 3, 3] and p.observed[(4, 4, 9)] == 3
+    for _ in range(100):  # long run: the newest observations dominate (EMA weight 0.1)
+        p.observe((4, 4, 9), np.array([0]), np.array([10]))
+    p.observe((4, 4, 9), np.array([3]), np.array([10]))
+    assert 0.09 < p.rates[(4, 4, 9)][0] < 0.11
+
+
+def test_exploration_reaches_the_least_tried_affordable_shape():
+    shapes = ((1, 1), (1, 2), (1, 3), (2, 3), (4, 4, 3))
+    p = ShapePolicy(PolicyConfig(shapes, explore_every=1))
+    p.target_ms = {m: 50.0 for m in TARGET_MS}  # flat: every shape is affordable
+    p.draft_ms = dict.fromkeys(shapes, 1.0)
+    seen = []
+    for _ in range(len(shapes) - 1):
+        shape = p.choose(1)
+        seen.append(shape)
+        p.observe(shape, np.array([0]), np.array([1]))
+    best = max(shapes, key=lambda s: p.expected_tokens(*s) / p.cost_ms(1, *s))
+    assert sorted(seen + [best]) == sorted(shapes)  # each probe went to an untried shape
+
+
+def test_measured_step_times_scale_each_shapes_cost():
+    """A 9-node tree accepting 70% per depth (E = 2.53) beats plain decoding on the tables alone
+    (2.53 / 107.5 ms > 1 / 50 ms). Measured tree steps 1.5x slower than predicted leave it ahead
+    while plain decoding is untimed (both scaled by the all-steps 1.5x), but once plain steps
+    are measured at their predicted cost, plain decoding wins (1 / 50 > 2.53 / 161)."""
+    shapes = ((1, 1), (4, 4, 9))
+    p = _policy(shapes)
+    p.target_ms = {1: 50.0, 2: 90.0, 4: 95.0, 8: 100.0, 16: 110.0}
+    p.draft_ms = {(1, 1): 0.0, (4, 4, 9): 5.0}
+    _feed(p, 4, 4, rate=0.7, N=9, steps=400)
+    assert p.nodes[(4, 4, 9)] == pytest.approx(10)
+    assert p.choose(1) == (4, 4, 9)
+    for _ in range(20):
+        p.observe_time((4, 4, 9), 1, 1.5 * p._table_ms(1, (4, 4, 9)))
+    assert p.slowdown[(4, 4, 9)] == pytest.approx(1.5) and p.slowdown_all == pytest.approx(1.5)
+    assert p.cost_ms(1, 1, 1) == pytest.approx(75.0)  # untimed: the all-steps slowdown
+    assert p.choose(1) == (4, 4, 9)
+    for _ in range(3):
+        p.observe_time((1, 1), 1, 50.0)
+    assert p.cost_ms(1, 1, 1) == pytest.approx(50.0)
+    assert p.choose(1) == (1, 1)
+    off = _policy(shapes)
+    off.config.learn_slowdown = False
+    off.observe_time((1, 1), 1, 80.0)
+    assert off.timed_all == 0 and off.cost_ms(1, 1, 1) == off._table_ms(1, (1, 1))
+
+
 def test_adaptive_generation_stays_exact_and_calibrates(tiny_model, tiny_drafter):
     ids = torch.tensor([[4, 8, 15, 16]])
     want = tiny_model.generate(ids, do_sample=False, max_new_tokens=40)
@@ -95,10 +150,15 @@ def test_adaptive_generation_stays_exact_and_calibrates(tiny_model, tiny_drafter
         gen.step()
     assert gen.pop_finished()[0].tokens == want[0, 4:].tolist()
     assert gen.policy.target_ms and gen.policy.draft_ms  # measured, not assumed
+    assert gen.policy.timed_all == gen.policy.steps  # every step's wall time observed
     shapes = [shape for _, shape in gen.policy.history]
     assert max(s[1] for s in shapes) > 1  # a perfect drafter gets speculation
     out = rr.generate(tiny_model, tiny_drafter, ids, max_new_tokens=40, adaptive=True)
     assert torch.equal(out.sequences, want)
+    custom = PolicyConfig(shapes=((1, 1), (1, 2), (2, 3)))  # adaptive=PolicyConfig, W x L bound
+    kw = dict(max_new_tokens=40, beam_width=2, beam_length=3, adaptive=custom)
+    out = rr.generate(tiny_model, tiny_drafter, ids, **kw)
+    assert torch.equal(out.sequences, want) and set(out.stats.shapes) <= {"1x1", "1x2", "2x3"}
 
 
 def test_adaptive_best_nodes_trees_stay_exact(tiny_model, tiny_drafter):

@@ -14,6 +14,7 @@ from redrafter_rs.drafter import DrafterConfig, RecurrentDrafter
 from redrafter_rs.engine import GenerationStats, Request, SpecConfig, SpeculativeGenerator
 from redrafter_rs.errors import RedrafterError
 from redrafter_rs.generate import GenerationOutput, generate, stream
+from redrafter_rs.policy import PolicyConfig
 from redrafter_rs.retrieval import (
     Datastore,
     RetrievalConfig,
@@ -31,6 +32,7 @@ __all__ = [
     "DrafterConfig",
     "GenerationOutput",
     "GenerationStats",
+    "PolicyConfig",
     "RecurrentDrafter",
     "RedrafterError",
     "Request",

@@ -299,8 +299,9 @@ class SpeculativeGenerator:
         self._join(cache, pos[idx], hidden[idx], root[idx], [reqs[i] for i in keep])
 
     def _decode(self, out: dict[Hashable, list[int]]) -> None:
-        shape = self._shape()
+        shape, B = self._shape(), len(self._active)
         timer = _Timer(self.time_s, self.target.device)
+        start = timer.t
         beams = self._draft(shape)  # [B, W, L] beams, [B, N, L] a best-nodes tree
         beams_np = self.staging.to_host(beams, "beams")
         timer.lap("draft")
@@ -321,6 +322,8 @@ class SpeculativeGenerator:
         self._advance(acc, hidden)
         timer.lap("cache")
         self._emit_step(acc, out, shape_name(shape), tree.num_nodes)
+        if self.policy is not None:  # the step's whole wall time, for the policy's overhead
+            self.policy.observe_time(shape, B, (time.perf_counter() - start) * 1e3)
 
     # ---- pieces -------------------------------------------------------------------------
     def _prefill(self, prompts: list[list[int]]):

@@ -10,6 +10,7 @@ from torch import nn
 
 from redrafter_rs.engine import GenerationStats, SpecConfig, SpeculativeGenerator
 from redrafter_rs.errors import check
+from redrafter_rs.policy import PolicyConfig
 from redrafter_rs.retrieval import RetrievalConfig, RetrievalDrafter, SourceStats, with_retrieval
 from redrafter_rs.sampling import SamplingParams
 
@@ -88,7 +89,7 @@ def stream(
     repetition_penalty: float = 1.0,
     generator: torch.Generator | None = None,
     streamer=None,
-    adaptive: bool = False,
+    adaptive: bool | PolicyConfig = False,
     retrieval: bool | RetrievalConfig | None = None,
     tree_nodes: int | None = None,
 ) -> Iterator[list[list[int]]]:
@@ -99,10 +100,9 @@ def stream(
     step's tokens, then `end()`.
     """
     prompts = _rows(input_ids, attention_mask)
-    config = SpecConfig(
-        beam_width, beam_length, max_new_tokens, eos_token_id, adaptive=adaptive,
-        tree_nodes=tree_nodes,
-    )  # fmt: skip
+    config = _spec_config(
+        beam_width, beam_length, max_new_tokens, eos_token_id, adaptive, tree_nodes
+    )
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     engine = _start(model, drafter, prompts, config, params, generator, retrieval)
     yield from _steps(engine, len(prompts), streamer, prompts[0])
@@ -126,7 +126,7 @@ def generate(
     repetition_penalty: float = 1.0,
     generator: torch.Generator | None = None,
     streamer=None,
-    adaptive: bool = False,
+    adaptive: bool | PolicyConfig = False,
     retrieval: bool | RetrievalConfig | None = None,
     tree_nodes: int | None = None,
 ) -> GenerationOutput:
@@ -141,7 +141,7 @@ def generate(
     input_ids: [B, T] (or [T]), left-padded for B > 1 with `attention_mask` [B, T].
     adaptive: pick the draft tree per step (W' beams of L' tokens, or a best-nodes tree) from
     the batch size, measured costs and recent acceptance, up to (beam_width, beam_length),
-    including plain decoding (see policy.py).
+    including plain decoding (see policy.py); a `PolicyConfig` turns it on with those settings.
     retrieval: True or a `RetrievalConfig` adds retrieval drafts (the prompt and the text so far,
     optionally a datastore) to the tree (see retrieval.py); `drafter` may then be None.
     tree_nodes: N drafts a best-nodes tree instead of W beams: the N drafted tokens of highest
@@ -150,10 +150,9 @@ def generate(
     `pad_token_id`, as `model.generate` pads them.
     """
     prompts = _rows(input_ids, attention_mask)
-    config = SpecConfig(
-        beam_width, beam_length, max_new_tokens, eos_token_id, adaptive=adaptive,
-        tree_nodes=tree_nodes,
-    )  # fmt: skip
+    config = _spec_config(
+        beam_width, beam_length, max_new_tokens, eos_token_id, adaptive, tree_nodes
+    )
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     engine = _start(model, drafter, prompts, config, params, generator, retrieval)
     for _ in _steps(engine, len(prompts), streamer, prompts[0]):
@@ -161,6 +160,14 @@ def generate(
     done = engine.pop_finished()
     reqs = [done[row] for row in range(len(prompts))]
     return _assemble(input_ids, reqs, _pad_id(model, pad_token_id, engine.eos), engine)
+
+
+def _spec_config(W, L, max_new_tokens, eos_token_id, adaptive, tree_nodes) -> SpecConfig:
+    policy = adaptive if isinstance(adaptive, PolicyConfig) else None
+    return SpecConfig(
+        W, L, max_new_tokens, eos_token_id, adaptive=bool(adaptive), policy=policy,
+        tree_nodes=tree_nodes,
+    )  # fmt: skip
 
 
 def _assemble(input_ids, reqs, pad: int, engine: SpeculativeGenerator) -> GenerationOutput:

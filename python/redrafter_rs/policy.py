@@ -8,14 +8,24 @@ sides are measured, not guessed:
 - cost: a one-off calibration times the target forward for m new tokens (m = B * tree nodes,
   the quantity that decides when verification turns compute-bound) and the drafter's beam
   search for each candidate shape; step cost = target(B * nodes(shape)) + B * drafter(shape).
-- gain: an exponential moving average of the conditional acceptance rate at each depth,
+  What the tables miss (the engine's host copies, packing, acceptance, KV upkeep and emitting;
+  the real context length and the 4D tree mask the calibration forward runs without) is learnt
+  from the engine's wall time of each step: slowdown = running mean of measured / predicted,
+  per shape (before a shape's first step: over all steps), multiplies the tables' cost. It is
+  kept per shape because it differs by shape (0.84x-1.46x across shapes in one demo run on a
+  2-core AMD EPYC, calibration noise included): one additive overhead for all shapes made plain
+  decoding look as slow as trees and picked trees where they did not pay.
+- gain: a running mean of the conditional acceptance rate at each depth,
   r_d = P(depth d accepted | depth d-1 accepted), updated from every step's acceptance; kept per
-  width W for beams (a longer beam shape extends a shorter one) and per shape for trees.
+  width W for beams (a longer beam shape extends a shorter one) and per shape for trees. The
+  prior counts as `prior_weight` observations and the n-th observation weighs
+  max(ema, 1 / (n + prior_weight)), so a shape's first few steps replace the prior quickly and
+  later ones follow drift as an exponential moving average.
   Expected tokens per row and step: E = 1 + sum_{d<L} prod_{j<=d} r_j.
 Each step takes the shape with the highest expected tokens per second, B * E / cost; (1, 1) is
-plain decoding (E = 1, no drafter). Every `explore_every` steps a random other shape is tried so
-the estimates of unused widths stay current; it picks among shapes whose expected cost is at
-most twice the best shape's, so probing stays cheap.
+plain decoding (E = 1, no drafter). Every `explore_every` steps another shape is tried so the
+estimates of unused shapes stay current: the least tried among those whose expected cost is at
+most twice the best shape's, so probing stays cheap and reaches every affordable shape.
 
 Calibrations are cached for the life of the model (target costs) and of the drafter (drafting
 costs), so every `generate(..., adaptive=True)` call after the first reuses them. A retrieval
@@ -75,7 +85,9 @@ _DRAFT_MS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 class PolicyConfig:
     shapes: tuple[Shape, ...] = DEFAULT_SHAPES  # candidate (W, L) beams and (W, L, N) trees
     prior_rate: float = 0.5  # acceptance-rate prior before any observation
-    ema: float = 0.1  # weight of the newest observation
+    prior_weight: float = 1.0  # the prior counts as this many observations
+    ema: float = 0.1  # least weight of the newest observation (1/n before that)
+    learn_slowdown: bool = True  # scale the tables' costs by the engine's measured step times
     explore_every: int = 16  # steps between exploration steps (0: never)
     seed: int = 0
 
@@ -85,11 +97,17 @@ class ShapePolicy:
         self.config = config or PolicyConfig()
         self.max_depth = max(s[1] for s in self.config.shapes)
         keys = {self._key(s) for s in self.config.shapes}
-        # acceptance-rate EMA per depth: per width W (beams), per shape (trees)
+        # acceptance-rate running mean per depth: per width W (beams), per shape (trees)
         self.rates = {k: np.full(self.max_depth, self.config.prior_rate) for k in keys}
+        self.counts = {k: np.zeros(self.max_depth) for k in keys}  # observations per depth
+        self.nodes = {s: float(_initial_nodes(s)) for s in self.config.shapes}  # running mean
+        self.observed = dict.fromkeys(self.config.shapes, 0)  # steps observed per shape
+        # measured step time / the tables' prediction: per shape, and over all steps
+        self.slowdown = dict.fromkeys(self.config.shapes, 1.0)
+        self.timed = dict.fromkeys(self.config.shapes, 0)
+        self.slowdown_all, self.timed_all = 1.0, 0
         self.target_ms: dict[int, float] = {}  # new tokens -> ms
         self.draft_ms: dict[Shape, float] = {}  # shape -> ms at B = 1
-        self.nodes = {s: float(_initial_nodes(s)) for s in self.config.shapes}  # EMA
         self.steps = 0
         self.rng = random.Random(self.config.seed)
         self.history: list[tuple[int, Shape]] = []  # (B, shape) chosen per step
@@ -106,7 +124,8 @@ class ShapePolicy:
         self._prefilled = None  # the context's cache, prefilled on the first target timing
         self.target_ms = _TARGET_MS.setdefault(target.model, {})  # shared: filled lazily
         inner = getattr(drafter, "rnn", None)  # a retrieval wrapper's RNN drafter
-        table = _DRAFT_MS.setdefault(inner if isinstance(inner, torch.nn.Module) else drafter, {})
+        owner = inner if isinstance(inner, torch.nn.Module) else drafter
+        table = _DRAFT_MS.setdefault(owner, {})
         kind = type(drafter).__name__
         for shape in self.config.shapes:
             key = (kind, *shape)
@@ -170,8 +189,14 @@ class ShapePolicy:
         return 1.0 + float(np.cumprod(self.rates[self._key(shape)][: shape[1] - 1]).sum())
 
     def cost_ms(self, B: int, *shape: int) -> float:
-        m = B * self.nodes[shape]
-        return self._interp(m) + B * self.draft_ms.get(shape, 0.0)
+        """Predicted wall time of one engine step of `shape` over B rows: the tables' cost
+        times the measured slowdown of this shape (of all steps, before it is timed)."""
+        slowdown = self.slowdown[shape] if self.timed[shape] else self.slowdown_all
+        return self._table_ms(B, shape) * slowdown
+
+    def _table_ms(self, B: int, shape: Shape) -> float:
+        """Target forward over the B trees + B drafter calls, from the calibration tables."""
+        return self._interp(B * self.nodes[shape]) + B * self.draft_ms.get(shape, 0.0)
 
     def _interp(self, m: float) -> float:
         self._ensure_target(m)
@@ -190,20 +215,44 @@ class ShapePolicy:
         if every and self.steps % every == 0:  # probe a shape that costs at most twice as much
             budget = 2.0 * self.cost_ms(B, *shape)
             cheap = [s for s in shapes if s != shape and self.cost_ms(B, *s) <= budget]
-            shape = self.rng.choice(cheap) if cheap else shape
+            if cheap:  # the least tried of them (ties at random)
+                fewest = min(self.observed[s] for s in cheap)
+                shape = self.rng.choice([s for s in cheap if self.observed[s] == fewest])
         self.history.append((B, shape))
         return shape
+
+    def _weight(self, n: float) -> float:
+        """Weight of the (n+1)-th observation: 1 / (n + 1 + prior_weight), at least `ema`."""
+        return max(self.config.ema, 1.0 / (n + 1.0 + self.config.prior_weight))
 
     def observe(self, shape: Shape, accepted: np.ndarray, nodes: np.ndarray) -> None:
         """Update the acceptance rates of `shape` (its width, for beams) from per-row accepted
         counts [B], and its tree size from the nodes verified per row [B]."""
-        a, rates = self.config.ema, self.rates[self._key(shape)]
+        key = self._key(shape)
+        rates, counts = self.rates[key], self.counts[key]
+        a = self._weight(self.observed[shape])
         self.nodes[shape] = (1 - a) * self.nodes[shape] + a * float(nodes.mean())
+        self.observed[shape] += 1
         for d in range(1, shape[1]):
             tried = accepted >= d - 1  # rows that reached depth d - 1
             if tried.any():
                 rate = float((accepted[tried] >= d).mean())
+                a = self._weight(counts[d - 1])
                 rates[d - 1] = (1 - a) * rates[d - 1] + a * rate
+                counts[d - 1] += 1
+
+    def observe_time(self, shape: Shape, B: int, ms: float) -> None:
+        """Learn how much slower than the tables' prediction a step of `shape` over B rows ran,
+        from its measured wall time `ms` (no-op unless `config.learn_slowdown`)."""
+        if not self.config.learn_slowdown:
+            return
+        ratio = ms / max(self._table_ms(B, shape), 1e-6)
+        a = max(self.config.ema, 1.0 / (self.timed[shape] + 1))
+        self.slowdown[shape] += a * (ratio - self.slowdown[shape])
+        self.timed[shape] += 1
+        a = max(self.config.ema, 1.0 / (self.timed_all + 1))
+        self.slowdown_all += a * (ratio - self.slowdown_all)
+        self.timed_all += 1
 
 
 def _initial_nodes(shape: Shape) -> int:
