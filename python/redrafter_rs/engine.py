@@ -373,9 +373,11 @@ class SpeculativeGenerator:
         """One target forward over the packed trees; hidden states [B, N, H]."""
         tokens = self.staging.to_device(tree.tokens, "tokens")  # [B, N]
         depth = self.staging.to_device(tree.depth, "depth")  # [B, N]
+        positions = self._pos[:, None] + depth  # [B, N]
+        if tree.tokens.shape[1] == 1 and self._cache.dense:  # a plain step: every slot visible
+            return self.target.forward(tokens, self._cache.cache, None, position_ids=positions)
         tree_mask = self.staging.to_device(tree.mask, "mask")  # [B, N, N]
         mask = self._cache.tree_mask(tree_mask)  # [B, 1, N, S + N]
-        positions = self._pos[:, None] + depth  # [B, N]
         return self.target.forward(tokens, self._cache.cache, mask, position_ids=positions)
 
     def _advance(self, acc: _core.Acceptance, hidden: torch.Tensor) -> None:

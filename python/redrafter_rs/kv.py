@@ -32,6 +32,7 @@ class BatchCache:
     def __init__(self, cache: DynamicCache, valid: torch.Tensor) -> None:
         self.cache = cache
         self.valid = valid  # [B, S] bool: slot s of row b holds a real token
+        self.dense = bool(valid.all())  # no holes or padding: a lone query needs no mask
 
     @property
     def width(self) -> int:
@@ -65,6 +66,7 @@ class BatchCache:
             layer.keys = layer.keys[:, :, : S + M]
             layer.values = layer.values[:, :, : S + M]
         self.valid = torch.cat([self.valid, torch.as_tensor(valid, device=device)], dim=1)
+        self.dense = self.dense and bool(valid.all())  # host array: no device sync
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only batch rows `rows` (a finished request stops costing compute)."""
@@ -72,6 +74,7 @@ class BatchCache:
             layer.keys = layer.keys[rows]
             layer.values = layer.values[rows]
         self.valid = self.valid[rows]
+        self.dense = self.dense or bool(self.valid.all())  # once per leave
 
     def merge(self, other: BatchCache) -> None:
         """Append `other`'s rows; both are left-padded to the wider slot axis."""
@@ -82,6 +85,7 @@ class BatchCache:
                 setattr(mine, name, torch.cat([_pad_left(a, width), _pad_left(b, width)], 0))
         pad = [F.pad(v.valid, (width - v.width, 0)) for v in (self, other)]
         self.valid = torch.cat(pad)
+        self.dense = bool(self.valid.all())
 
     def waste(self) -> float:
         """Fraction of slots that are holes or padding."""
@@ -98,3 +102,4 @@ class BatchCache:
                 B, h, _, D = kv.shape
                 setattr(layer, name, kv.gather(2, idx[:, None, :, None].expand(B, h, keep, D)))
         self.valid = self.valid.gather(1, idx)
+        self.dense = bool(self.valid.all())
