@@ -28,6 +28,17 @@ def _alone(model, prompt: torch.Tensor, n: int) -> list[int]:
     return out[0, len(prompt) :].tolist()
 
 
+def _run_rows_equal(gen: rr.SpeculativeGenerator, prompts, refs) -> None:
+    """Add one request per prompt, step until done, check each row's tokens against refs."""
+    for row, p in enumerate(prompts):
+        gen.add(row, p)
+    while gen.has_unfinished():
+        gen.step()
+    done = gen.pop_finished()
+    for row, ref in enumerate(refs):
+        assert done[row].tokens == ref, row
+
+
 def _new_tokens(row: torch.Tensor, T: int, pad: int, eos: int) -> list[int]:
     toks = row[T:].tolist()
     return toks[: toks.index(eos) + 1] if eos in toks else toks
@@ -44,13 +55,7 @@ def test_batch_greedy_rows_equal_generate_alone(B, compact_waste):
         model.config.vocab_size,
     )
     gen = rr.SpeculativeGenerator(model, drafter, rr.SpecConfig(4, 5, 30, None, compact_waste))
-    for row, p in enumerate(prompts):
-        gen.add(row, p)
-    while gen.has_unfinished():
-        gen.step()
-    done = gen.pop_finished()
-    for row, ref in enumerate(refs):
-        assert done[row].tokens == ref, row
+    _run_rows_equal(gen, prompts, refs)
     if compact_waste == 0.0:  # holes were squeezed out (O(context)) and nothing changed
         assert gen.compactions > 0
     out = rr.generate(model, drafter, ids, mask, max_new_tokens=30, beam_width=4, beam_length=5)
@@ -236,13 +241,7 @@ def test_plain_steps_skip_the_mask_only_when_every_slot_is_valid(B):
         return forward(ids, cache, mask, **kw)
 
     gen.target.forward = spy
-    for row, p in enumerate(prompts):
-        gen.add(row, p)
-    while gen.has_unfinished():
-        gen.step()
-    done = gen.pop_finished()
-    for row, ref in enumerate(refs):
-        assert done[row].tokens == ref, row
+    _run_rows_equal(gen, prompts, refs)
     assert all(skipped == dense for skipped, dense in plain)
     if B == 1:
         assert plain and all(skipped for skipped, _ in plain)
