@@ -221,9 +221,11 @@ class ShapePolicy:
         self.history.append((B, shape))
         return shape
 
-    def _weight(self, n: float) -> float:
-        """Weight of the (n+1)-th observation: 1 / (n + 1 + prior_weight), at least `ema`."""
-        return max(self.config.ema, 1.0 / (n + 1.0 + self.config.prior_weight))
+    def _weight(self, n: float, prior: float | None = None) -> float:
+        """Weight of the (n+1)-th observation: 1 / (n + 1 + prior), at least `ema` (prior:
+        `prior_weight` pseudo-observations unless given)."""
+        prior = self.config.prior_weight if prior is None else prior
+        return max(self.config.ema, 1.0 / (n + 1.0 + prior))
 
     def observe(self, shape: Shape, accepted: np.ndarray, nodes: np.ndarray) -> None:
         """Update the acceptance rates of `shape` (its width, for beams) from per-row accepted
@@ -246,12 +248,10 @@ class ShapePolicy:
         from its measured wall time `ms` (no-op unless `config.learn_slowdown`)."""
         if not self.config.learn_slowdown:
             return
-        ratio = ms / max(self._table_ms(B, shape), 1e-6)
-        a = max(self.config.ema, 1.0 / (self.timed[shape] + 1))
-        self.slowdown[shape] += a * (ratio - self.slowdown[shape])
+        ratio = ms / max(self._table_ms(B, shape), 1e-6)  # no prior: the first step sets it
+        self.slowdown[shape] += self._weight(self.timed[shape], 0) * (ratio - self.slowdown[shape])
         self.timed[shape] += 1
-        a = max(self.config.ema, 1.0 / (self.timed_all + 1))
-        self.slowdown_all += a * (ratio - self.slowdown_all)
+        self.slowdown_all += self._weight(self.timed_all, 0) * (ratio - self.slowdown_all)
         self.timed_all += 1
 
 
