@@ -23,7 +23,7 @@ lint:
 	$(PY) -m ruff format --check python tests
 
 test-rust:
-	cargo test -p redrafter-core
+	cargo test -p redrafter-core -p redrafter-kernels
 
 test-py:
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,8 +1,7 @@
-"""`redrafter bench` smoke tests (2 prompts, 8 tokens), the small-M linear patch, bench-core."""
+"""`redrafter bench` smoke tests (2 prompts, 8 tokens; the fast path, cost curve), bench-core."""
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 
 import redrafter_rs as rr
 from conftest import tiny_llama
-from redrafter_rs import bench, bench_core, fast_linear
+from redrafter_rs import bench, bench_core, fastpath
 from redrafter_rs.cli import build_parser
 
 FIELDS = ("tokens_per_s", "speedup", "speedup_total", "tau", "greedy_equal", "time_split")
@@ -55,7 +54,8 @@ def test_bench_tiny_model_jsonl(tmp_path):
         max_new_tokens=8,
         grid=((1, 3), (2, 4)),
         tree_grid=((2, 4, 3),),
-        fast_linear=True,
+        fast=True,
+        cost_sizes=(1, 4, 16),
         oracle=True,
         threads=1,
     )
@@ -65,7 +65,24 @@ def test_bench_tiny_model_jsonl(tmp_path):
     _check_outputs(report, paths)
     names = set(report["methods"])
     assert {"hf_greedy", "plain_loop", "redrafter_2x4", "oracle_1x3", "hf_prompt_lookup"} <= names
-    assert "plain_loop+fl" in names and "hf_assisted" in report["skipped"]
+    assert {"hf_greedy+fast", "plain_loop+fast", "redrafter_2x4+fast"} <= names
+    assert "hf_assisted" in report["skipped"]
+    fast = report["fast"]
+    assert fast["accelerated"]["layers"] == 15  # 2 layers x 7 + the LM head
+    curve = fast["cost_curve"]
+    assert set(curve) == {"stock", "fast"} and all(
+        list(c["ms"]) == [1, 4, 16] for c in curve.values()
+    )
+    assert all(c["c"][1] == 1.0 and min(c["ms"].values()) > 0 for c in curve.values())
+    assert fast["floor_ms"] == pytest.approx(
+        fast["weight_bytes"] / fast["read_bandwidth_gbs"] / 1e6
+    )
+    # the Rust kernel sums each row alone: a token's logits do not depend on the tree around it
+    # beyond attention's own order, so the plain-vs-tree difference stays at rounding level
+    assert fast["tree_vs_plain_max_abs_logit_diff_fast"] < 1e-4
+    assert "Verification cost" in paths["md"].read_text()
+    plain = report["methods"]["plain_loop+fast"]["vs_fast_plain"]
+    assert plain["speedup_total"] == pytest.approx(1.0)
     assert {"retrieval_1x8", "redrafter+retrieval_1x3", "redrafter+retrieval_2x4"} <= names
     for name in ("redrafter_2x4n3", "redrafter+retrieval_2x4n3"):  # best-nodes trees
         recs = [r for r in report["records"] if r["method"] == name]
@@ -86,7 +103,7 @@ def test_bench_tiny_model_jsonl(tmp_path):
     assert report["methods"]["hf_greedy"]["tau"] == pytest.approx(1.0)
     assert set(report["by_category"]["plain_loop"]) == {"a", "b"}
     assert {r["category"] for r in report["records"]} == {"a", "b"}
-    assert not fast_linear.is_patched(model)  # the bench unpatches what it patched
+    assert not fastpath.is_accelerated(model)  # the bench unpatches what it patched
 
 
 def test_bench_default_model_two_prompts(smollm, tmp_path):
@@ -96,20 +113,21 @@ def test_bench_default_model_two_prompts(smollm, tmp_path):
     model, tok = smollm
     setup = bench.Setup(model, tok, load_default_drafter(model), "default")
     config = bench.BenchConfig(
-        num_prompts=2, max_new_tokens=8, grid=((2, 3),), fast_linear=True, threads=1
+        num_prompts=2, max_new_tokens=8, grid=((2, 3),), fast=True, threads=1, cost_sizes=(1, 8)
     )
     report = bench.run_bench(config, setup, log=lambda s: None)
     paths = bench.write_reports(report, tmp_path)
     _check_outputs(report, paths)
     assert report["methods"]["plain_loop"]["time_split"]["target"] > 0.5
-    assert report["fast_linear"]["max_abs_logit_diff"] < 1e-3
+    assert report["fast"]["max_abs_logit_diff"] < 1e-3
+    assert report["fast"]["cost_curve"]["fast"]["ms"][8] > 0
 
 
 def test_cli_parses_bench_flags():
     args = build_parser().parse_args(
-        ["bench", "--num-prompts", "20", "--grid", "1x4,4x5", "--threads", "1", "--fast-linear"]
+        ["bench", "--num-prompts", "20", "--grid", "1x4,4x5", "--threads", "1", "--fast"]
     )
-    assert args.grid == ((1, 4), (4, 5)) and args.num_prompts == 20 and args.fast_linear
+    assert args.grid == ((1, 4), (4, 5)) and args.num_prompts == 20 and args.fast
     assert args.retrieval and args.retrieval_grid == bench.DEFAULT_RETRIEVAL_GRID
     assert args.adaptive
     args = build_parser().parse_args(
@@ -123,82 +141,6 @@ def test_cli_parses_bench_flags():
         with pytest.raises(SystemExit):
             build_parser().parse_args(["bench", *bad])
     assert bench.spread(list(range(80)), 4) == [0, 20, 40, 60]
-
-
-# ---- fast_linear ------------------------------------------------------------------------------
-@pytest.mark.parametrize("head_packed", [False, True])
-def test_fast_linear_keeps_greedy_outputs(head_packed):
-    if head_packed and not fast_linear.onednn_available():
-        pytest.skip("oneDNN is not available")
-    model = tiny_llama(seed=5)
-    torch.manual_seed(1)
-    drafter = rr.RecurrentDrafter.for_target(model).eval()
-    ids = torch.randint(2, 96, (1, 12))
-    with torch.no_grad():
-        ref_logits = model(torch.cat([ids, ids], 1)).logits
-    ref = model.generate(ids, do_sample=False, max_new_tokens=24)
-    config = fast_linear.FastLinearConfig(packed_min_features=64 if head_packed else 1 << 30)
-    assert fast_linear.patch_model(model, config) == 15  # 2 layers x 7 + the LM head
-    with torch.no_grad():
-        got_logits = model(torch.cat([ids, ids], 1)).logits  # M = 24 rows: the fast path
-    assert torch.allclose(got_logits, ref_logits, atol=1e-4)
-    assert torch.equal(model.generate(ids, do_sample=False, max_new_tokens=24), ref)
-    out = rr.generate(model, drafter, ids, max_new_tokens=24, beam_width=4, beam_length=4)
-    assert torch.equal(out.sequences, ref)  # verification trees of up to 13 nodes
-
-
-def test_fast_linear_pads_small_m_when_asked():
-    """Padded 2-3 rows (through the kernels or F.linear) give F.linear's values to ~1e-5 and
-    unchanged greedy outputs with 1x3 trees; one row keeps F.linear bit for bit."""
-    model = tiny_llama(seed=7)
-    torch.manual_seed(2)
-    drafter = rr.RecurrentDrafter.for_target(model).eval()
-    ids = torch.randint(2, 96, (1, 10))
-    ref = model.generate(ids, do_sample=False, max_new_tokens=20)
-    config = fast_linear.FastLinearConfig(pad_small=True)
-    assert fast_linear.patch_model(model, config) == 15
-    assert fast_linear.padded_layers(model) == 15
-    linear = model.model.layers[1].mlp.down_proj
-    kernel = getattr(linear, fast_linear._ATTR)
-    with torch.no_grad():
-        for mode, rows in itertools.product(("kernel", "linear"), (1, 2, 3)):
-            kernel.pad_with = mode
-            x = torch.randn(1, rows, linear.in_features)
-            plain = torch.nn.functional.linear(x, linear.weight, linear.bias)
-            got = linear(x)
-            assert got.shape == plain.shape
-            assert torch.equal(got, plain) if rows == 1 else torch.allclose(got, plain, atol=1e-5)
-    out = rr.generate(model, drafter, ids, max_new_tokens=20, beam_width=1, beam_length=3)
-    assert torch.equal(out.sequences, ref)
-    fast_linear.unpatch_model(model)
-    assert fast_linear.patch_model(model, fast_linear.FastLinearConfig(pad_small=False)) == 15
-    assert fast_linear.padded_layers(model) == 0
-    fast_linear.unpatch_model(model)
-    assert fast_linear.patch_model(model) == 15  # pad_small=None: timed per weight shape
-    modes = {
-        getattr(m, fast_linear._ATTR).pad_with
-        for m in model.modules()
-        if hasattr(m, fast_linear._ATTR)
-    }
-    assert modes <= {None, "linear", "kernel"}
-
-
-def test_fast_linear_patch_unpatch_round_trip():
-    model = tiny_llama(seed=6)
-    keys = {k: v.clone() for k, v in model.state_dict().items()}
-    linear = model.model.layers[0].mlp.up_proj
-    x = torch.randn(6, linear.in_features)
-    assert fast_linear.patch_model(model) == 15
-    assert fast_linear.patch_model(model) == 0  # idempotent
-    assert fast_linear.is_patched(model) and "forward" in vars(linear)
-    assert model.state_dict().keys() == keys.keys()  # the copies are not buffers
-    with torch.no_grad():
-        linear.weight.mul_(2.0)  # in place: the transposed copy must follow
-        assert torch.allclose(linear(x), x @ linear.weight.t(), atol=1e-5)
-        fast_linear.set_active(model, False)
-        assert torch.equal(linear(x), torch.nn.functional.linear(x, linear.weight))
-    assert fast_linear.unpatch_model(model) == 15
-    assert not fast_linear.is_patched(model) and "forward" not in vars(linear)
 
 
 # ---- bench-core -------------------------------------------------------------------------------

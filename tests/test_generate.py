@@ -187,19 +187,23 @@ def test_smollm2_perfect_drafter_equals_generate(smollm, mt_bench_prompts):
         assert out.stats.tau > 4.0, out.stats.accepted_per_step
 
 
-def test_cli_demo_with_retrieval_and_fast_linear(capsys):
+def test_cli_demo_with_retrieval_on_the_fast_path(capsys):
     """`redrafter demo` end to end (default model, shipped drafter): output identical to
-    model.generate with retrieval drafts merged and the adaptive shape policy (the defaults),
-    and the small-M kernels on."""
+    model.generate on the same (accelerated) forward, with retrieval drafts merged and the
+    adaptive shape policy (the defaults), and the fast path on (the CPU default)."""
     from redrafter_rs.cli import build_parser, main
 
-    argv = ["demo", "--max-new-tokens", "12", "--fast-linear", "--threads", "1"]
+    argv = ["demo", "--max-new-tokens", "12", "--threads", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "identical    : True" in out and "+ retrieval drafts, fast-linear kernels" in out
+    assert "identical    : True" in out and "+ retrieval drafts" in out
+    assert "fast path: 211 linear layers on redrafter-rs's rust kernel" in out
+    assert "model.generate (stock)" in out and "model.generate (accelerated)" in out
+    assert "speedup vs accelerated model.generate" in out
     assert "shipped (smollm2-135m-instruct-drafter)" in out
     assert "adaptive up to W=4, L=4" in out and "shapes       : " in out
     assert not build_parser().parse_args(["demo", "--no-retrieval"]).retrieval
+    assert not build_parser().parse_args(["demo", "--no-fast"]).fast
     fixed = build_parser().parse_args(["demo", "--no-adaptive", "-W", "2", "-L", "3"])
     assert not fixed.adaptive and (fixed.beam_width, fixed.beam_length) == (2, 3)
 
@@ -209,8 +213,9 @@ def test_cli_demo_best_nodes_tree(capsys):
     from redrafter_rs.cli import main
 
     argv = ["demo", "--question", "20", "--max-new-tokens", "10", "--tree-nodes", "3"]
-    assert main([*argv, "--threads", "1"]) == 0
+    assert main([*argv, "--threads", "1", "--no-fast"]) == 0
     out = capsys.readouterr().out
+    assert "fast path" not in out and "model.generate (accelerated)" not in out
     assert "identical    : True" in out and "W=4, L=4, best-nodes tree of 3" in out
     assert "adaptive" not in out and "shapes       : " not in out
 

@@ -13,6 +13,7 @@ from redrafter_rs.beam_search import beam_search, best_nodes_search
 from redrafter_rs.drafter import DrafterConfig, RecurrentDrafter
 from redrafter_rs.engine import GenerationStats, Request, SpecConfig, SpeculativeGenerator
 from redrafter_rs.errors import RedrafterError
+from redrafter_rs.fastpath import AccelerateReport, accelerate, unaccelerate
 from redrafter_rs.generate import GenerationOutput, generate, stream
 from redrafter_rs.policy import PolicyConfig
 from redrafter_rs.retrieval import (
@@ -27,6 +28,7 @@ from redrafter_rs.sampling import SamplingParams
 from redrafter_rs.train import TrainConfig, train_drafter
 
 __all__ = [
+    "AccelerateReport",
     "Acceptance",
     "Datastore",
     "DrafterConfig",
@@ -46,6 +48,7 @@ __all__ = [
     "TrainConfig",
     "Tree",
     "__version__",
+    "accelerate",
     "accept",
     "beam_search",
     "best_nodes_search",
@@ -54,4 +57,5 @@ __all__ = [
     "pack_beams",
     "stream",
     "train_drafter",
+    "unaccelerate",
 ]

@@ -174,3 +174,33 @@ def retrieve(
 ) -> Candidates:
     """Candidates for every row of a decode step in one call: tokens [B, k, length]; own text
     and datastore candidates merged by (match length, count)."""
+
+def linear_f32(
+    x: npt.NDArray[np.float32],
+    w: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """`out[:] = x @ w.T + bias` (like `F.linear`): x float32 [M, K], w float32 [N, K], bias
+    float32 [N] or None, out writable float32 [M, N], all C-contiguous. The GIL is released.
+    A row's result is bitwise independent of M, of the other rows and of the thread count."""
+
+def linear_bf16w(
+    x: npt.NDArray[np.float32],
+    w_bits: npt.NDArray[np.uint16],
+    bias: npt.NDArray[np.float32] | None,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """`linear_f32` with bf16 weights given as uint16 bits [N, K]
+    (`weight.view(torch.int16).numpy().view(np.uint16)`); bitwise equal to `linear_f32` on
+    the widened weights."""
+
+def set_kernel_threads(n: int, spin_us: int | None = None) -> None:
+    """Threads for `linear_*` (n >= 1; default: all CPUs). `spin_us`: how long an idle worker
+    spins waiting for the next call before it sleeps (default 200)."""
+
+def kernel_threads() -> int:
+    """Threads `linear_*` run on."""
+
+def kernel_isa() -> str:
+    """Instruction set of the kernels: "avx2-fma" or "portable"."""

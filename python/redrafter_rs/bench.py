@@ -16,10 +16,13 @@ Methods (all greedy, batch 1):
     oracle_WxL         with `oracle`: ReDrafter whose beam 0 is the baseline's own output (other
                        beams random) at zero drafting cost, the ceiling at that (W, L) given
                        today's verification cost (its reference comes from an untimed greedy run)
-With `fast_linear`, every method also runs as `<name>+fl` on the same model with the small-M
-kernels switched on (fast_linear.py); the baseline stays unpatched, so `plain_loop+fl` against
-`plain_loop` shows the kernel gain and `redrafter_WxL+fl` against `plain_loop+fl` the
-speculation gain.
+With `fast` (the CPU fast path, fastpath.py), every method also runs as `<name>+fast` on the
+same model with redrafter-rs's linear kernels switched on; the baseline `hf_greedy` stays stock.
+So `hf_greedy+fast` is the accelerated model's own `model.generate`, `plain_loop+fast` the fast
+forward without speculation, and every method reports its speedup against both `hf_greedy` and
+`plain_loop+fast` (speculation's own share). The bench then also measures the verification cost
+curve c(N), stock and fast side by side, and the machine's bandwidth floor for the weights
+(cost.py), and the largest |Δlogit| between a plain step and the same token inside a tree.
 
 Prompts run one after the other; for each prompt every method runs once, in an order rotated per
 prompt, so machine drift hits all methods alike. A warm-up prompt runs first and is not counted.
@@ -62,7 +65,8 @@ class BenchConfig:
     methods: tuple[str, ...] = ()  # fnmatch patterns of methods to run; () = all
     prompt_lookup_tokens: int = 10  # HF `prompt_lookup_num_tokens`
     assistant: str | None = None  # same-tokenizer draft model dir for HF assisted generation
-    fast_linear: bool = False  # also run every method with the small-M linear kernels
+    fast: bool = False  # also run every method on the CPU fast path (`+fast`), cost curve
+    cost_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # N of the cost curve (with fast)
     oracle: bool = False  # also run oracle_WxL (perfect free drafter) for every grid point
     adaptive: bool = True  # also redrafter_auto (and redrafter+retrieval_auto with retrieval)
     threads: int | None = None  # torch CPU threads (None: torch's default)
@@ -94,7 +98,7 @@ class Prompt:
 class Method:
     name: str
     run: Callable[[torch.Tensor], tuple[list[int], dict]]  # ids [1, T] -> (new tokens, info)
-    fast_linear: bool = False
+    fast: bool = False
     shape: tuple[int, int] | None = None  # (W, L) for engine methods
     oracle: OracleDrafter | None = None  # needs the prompt's greedy reference before it runs
 
@@ -294,7 +298,7 @@ def build_methods(config: BenchConfig, setup: Setup) -> tuple[list[Method], dict
         skipped["hf_assisted"] = (
             "no draft model with the target's tokenizer is available offline (pass --assistant DIR)"
         )
-    if config.fast_linear:
+    if config.fast:
         methods += [_fast_variant(m) for m in methods]
     keep = [m for m in methods if m.name == "hf_greedy" or _selected(m.name, config.methods)]
     return keep, skipped
@@ -363,7 +367,7 @@ class _NoDrafter(nn.Module):
 
 
 def _fast_variant(method: Method) -> Method:
-    return Method(method.name + "+fl", method.run, True, method.shape, method.oracle)
+    return Method(method.name + "+fast", method.run, True, method.shape, method.oracle)
 
 
 def _selected(name: str, patterns: tuple[str, ...]) -> bool:
@@ -377,10 +381,10 @@ def _sync(device: torch.device) -> None:
 
 
 def _run_one(method: Method, model: nn.Module, ids: torch.Tensor) -> tuple[list[int], dict]:
-    from redrafter_rs import fast_linear
+    from redrafter_rs import fastpath
 
-    if method.fast_linear:
-        fast_linear.set_active(model, True)
+    if method.fast:
+        fastpath.set_active(model, True)
     try:
         _sync(ids.device)
         t = time.perf_counter()
@@ -388,8 +392,8 @@ def _run_one(method: Method, model: nn.Module, ids: torch.Tensor) -> tuple[list[
         _sync(ids.device)
         info["time_s"] = time.perf_counter() - t
     finally:
-        if method.fast_linear:
-            fast_linear.set_active(model, False)
+        if method.fast:
+            fastpath.set_active(model, False)
     return new, info
 
 
@@ -438,13 +442,13 @@ def run_bench(
 
 
 def _run(config: BenchConfig, setup: Setup, log: Callable[[str], None]) -> dict:
-    from redrafter_rs import fast_linear
+    from redrafter_rs import fastpath
 
     model, tok = setup.model, setup.tokenizer
     prompts = spread(load_prompts(config, tok), config.num_prompts + config.warmup)
     warm, timed = prompts[: config.warmup], prompts[config.warmup :]
     methods, skipped = build_methods(config, setup)
-    fl_info = _patch(model) if config.fast_linear else None
+    fl_info = _patch(model) if config.fast else None
     records: list[dict] = []
     try:
         with torch.no_grad():
@@ -454,15 +458,25 @@ def _run(config: BenchConfig, setup: Setup, log: Callable[[str], None]) -> dict:
                 _set_reference(methods, model, ids, config.max_new_tokens)
                 outs = {m.name: _run_one(m, model, ids) for m in _order(methods, i)}
                 base = outs["hf_greedy"][0]
+                # +fast methods answer to the accelerated model's own greedy output (the same
+                # forward); equality with the stock model is recorded too, as `equal_stock`
+                fast_base = outs.get("hf_greedy+fast", (base,))[0]
                 if counted:
                     for m in methods:
-                        records.append(_record(prompt, i - len(warm), m, *outs[m.name], base))
+                        ref = fast_base if m.fast else base
+                        rec = _record(prompt, i - len(warm), m, *outs[m.name], ref)
+                        rec["equal_stock"] = outs[m.name][0] == base
+                        records.append(rec)
                 log(_progress(i, len(warm), len(timed), prompt, outs, ids.shape[1]))
         if fl_info is not None:
             fl_info["max_abs_logit_diff"] = _logit_diff(model, tok, timed[0].text)
+            fl_info.update(_tree_vs_plain(model, tok, timed[0].text))
+            if config.cost_sizes:
+                log("measuring the verification cost curve c(N), stock and fast ...")
+                fl_info.update(_forward_costs(model, config.cost_sizes))
     finally:
         if fl_info is not None:
-            fast_linear.unpatch_model(model)
+            fastpath.unaccelerate(model)
     return summarize(config, setup, methods, skipped, records, fl_info)
 
 
@@ -477,32 +491,88 @@ def _set_reference(methods: list[Method], model: nn.Module, ids, n: int) -> None
 
 
 def _patch(model: nn.Module) -> dict:
-    from redrafter_rs import fast_linear
+    from redrafter_rs import fastpath
 
-    count = fast_linear.patch_model(model)
-    fast_linear.set_active(model, False)
-    return {
-        "patched_layers": count,
-        "padded_layers": fast_linear.padded_layers(model),  # M in [2, min_rows) padded up
-        "config": asdict(fast_linear.FastLinearConfig()),
-    }
+    report = fastpath.accelerate(model)
+    fastpath.set_active(model, False)
+    return {"accelerated": asdict(report)}
 
 
 @torch.no_grad()
 def _logit_diff(model: nn.Module, tok, text: str, extra: int = 16) -> float:
-    """max |logits(+fl) - logits| over a prompt plus `extra` tokens, verified in one forward."""
-    from redrafter_rs import fast_linear
+    """max |logits(+fast) - logits| over a prompt plus `extra` tokens, in one forward."""
+    from redrafter_rs import fastpath
 
     ids = tok(text, return_tensors="pt").input_ids.to(model.device)
     cont = torch.randint(0, model.get_input_embeddings().weight.shape[0], (1, extra))
     ids = torch.cat([ids, cont.to(ids.device)], dim=1)
     ref = model(ids).logits
-    fast_linear.set_active(model, True)
+    fastpath.set_active(model, True)
     try:
         got = model(ids).logits
     finally:
-        fast_linear.set_active(model, False)
+        fastpath.set_active(model, False)
     return float((got - ref).abs().max())
+
+
+@torch.no_grad()
+def _tree_vs_plain(model: nn.Module, tok, text: str, extra: int = 16) -> dict:
+    """Largest |Δlogit| between `extra` tokens decoded one plain step at a time and the same
+    tokens verified in one tree forward (a chain under the 4D mask), stock and fast."""
+    from redrafter_rs import fastpath
+    from redrafter_rs.target import Target
+
+    target = Target(model)
+    ids = tok(text, return_tensors="pt").input_ids
+    T = ids.shape[1]
+    gen = torch.Generator().manual_seed(0)
+    cont = torch.randint(0, target.vocab_size, (1, extra), generator=gen)
+    out = {}
+    for name, active in (("stock", False), ("fast", True)):
+        fastpath.set_active(model, active)
+        try:
+            cache = target.new_cache()
+            target.forward(ids, cache, None, position_ids=torch.arange(T)[None])
+            mask = torch.ones(1, 1, extra, T + extra, dtype=torch.bool)
+            mask[..., T:] = torch.ones(extra, extra, dtype=torch.bool).tril()
+            pos = T + torch.arange(extra)[None]
+            tree = target.logits(target.forward(cont, cache, mask, position_ids=pos))
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, :T], layer.values[:, :, :T]
+            steps = [
+                target.forward(cont[:, i : i + 1], cache, None, position_ids=pos[:, i : i + 1])
+                for i in range(extra)
+            ]
+            plain = target.logits(torch.cat(steps, dim=1))
+        finally:
+            fastpath.set_active(model, False)
+        out[f"tree_vs_plain_max_abs_logit_diff_{name}"] = float((tree - plain).abs().max())
+    return out
+
+
+def _forward_costs(model: nn.Module, sizes: tuple[int, ...]) -> dict:
+    """c(N) stock (HF's growing cache, torch's F.linear) and fast (the engine's slot cache and
+    the kernels), interleaved, plus the bandwidth floor of the weights."""
+    from transformers import DynamicCache
+
+    from redrafter_rs import cost, fastpath
+    from redrafter_rs.kv import SlotCache
+
+    arms = {
+        "stock": (model, DynamicCache, lambda on: None),
+        "fast": (model, SlotCache, lambda on: fastpath.set_active(model, on)),
+    }
+    curve = cost.cost_curve(arms, sizes)
+    nbytes = cost.weight_bytes(model)
+    gbs = cost.read_bandwidth_gbs()
+    floor = nbytes / gbs / 1e6
+    return {
+        "cost_curve": curve,
+        "weight_bytes": nbytes,
+        "read_bandwidth_gbs": gbs,
+        "floor_ms": floor,
+        "plain_step_over_floor": {a: c["ms"][1] / floor for a, c in curve.items() if 1 in c["ms"]},
+    }
 
 
 def _progress(i: int, warm: int, timed: int, prompt: Prompt, outs: dict, T: int) -> str:
@@ -543,6 +613,7 @@ def _method_summary(recs: list[dict], base: dict[int, dict]) -> dict:
         "new_tokens": total_tokens,
         "time_s": total_time,
         "greedy_equal": sum(r["equal"] for r in recs),
+        "greedy_equal_stock": sum(r.get("equal_stock", r["equal"]) for r in recs),
         "tau": None,
         "acceptance_per_depth": None,
         "time_split": None,
@@ -593,6 +664,17 @@ def summarize(config, setup, methods, skipped, records, fl_info) -> dict:
     base = {r["prompt"]: r for r in records if r["method"] == "hf_greedy"}
     by_method = {m.name: [r for r in records if r["method"] == m.name] for m in methods}
     summary = {name: _method_summary(recs, base) for name, recs in by_method.items() if recs}
+    fast_plain = {r["prompt"]: r for r in records if r["method"] == "plain_loop+fast"}
+    for name, recs in by_method.items():  # against the same fast forward without speculation
+        if fast_plain and recs:
+            rate = sum(r["new_tokens"] for r in recs) / sum(r["time_s"] for r in recs)
+            ref = fast_plain.values()
+            ref_rate = sum(r["new_tokens"] for r in ref) / sum(r["time_s"] for r in ref)
+            speed = [r["tokens_per_s"] / fast_plain[r["prompt"]]["tokens_per_s"] for r in recs]
+            summary[name]["vs_fast_plain"] = {
+                "speedup_total": rate / ref_rate,
+                "speedup_median": statistics.median(speed),
+            }
     categories = sorted({r["category"] for r in records})
     by_category = {
         name: {
@@ -610,7 +692,7 @@ def summarize(config, setup, methods, skipped, records, fl_info) -> dict:
         "methods": summary,
         "by_category": by_category,
         "skipped": skipped,
-        "fast_linear": fl_info,
+        "fast": fl_info,
         "records": records,
     }
 
@@ -649,8 +731,9 @@ def markdown_table(report: dict) -> str:
     """The per-method table: tokens/s, speedup, τ, acceptance, time split, equality."""
     head = (
         "| method | tok/s median [p25, p75] | speedup median [p25, p75] | speedup (total) | τ "
-        "| acceptance per depth | drafter / target / rust / cache / other | greedy-equal |\n"
-        "|---|---|---|---|---|---|---|---|\n"
+        "| acceptance per depth | drafter / target / rust / cache / other | greedy-equal "
+        "| vs plain_loop+fast (total) |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for name, s in report["methods"].items():
@@ -663,7 +746,8 @@ def markdown_table(report: dict) -> str:
             f"| {s['speedup_total']:.2f}x | {_fmt(s['tau'])} "
             f"| {' '.join(f'{a:.2f}' for a in acc) if acc else '-'} "
             f"| {' / '.join(f'{100 * split[p]:.0f}%' for p in PHASES) if split else '-'} "
-            f"| {s['greedy_equal']}/{s['prompts']} |"
+            f"| {s['greedy_equal']}/{s['prompts']} (stock {s['greedy_equal_stock']}) "
+            f"| {_fmt((s.get('vs_fast_plain') or {}).get('speedup_total'))}x |"
         )
     return head + "\n".join(rows) + "\n"
 
@@ -691,14 +775,39 @@ def markdown_report(report: dict) -> str:
             total = sum(m["shapes"].values())
             used = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in m["shapes"].items())
             lines += [f"Shapes `{name}` chose (share of its {total} steps): {used}"]
-    if report["fast_linear"]:
-        fl = report["fast_linear"]
-        lines += [
-            f"`+fl`: small-M linear kernels on {fl['patched_layers']} layers "
-            f"({fl.get('padded_layers', 0)} pad 2-3 rows to 4); max |Δlogit| vs "
-            f"F.linear {fl.get('max_abs_logit_diff', float('nan')):.2e}.",
-        ]
+    if report.get("fast"):
+        lines += ["", fast_section(report["fast"])]
     lines += ["", source_table(report), category_table(report)]
+    return "\n".join(lines) + "\n"
+
+
+def fast_section(fast: dict) -> str:
+    """The fast path: kernel, Δlogit checks, the cost curve c(N) and the bandwidth floor."""
+    acc = fast["accelerated"]
+    lines = [
+        f"`+fast`: {acc['layers']} linear layers on the {acc['kernel']} kernel ({acc['isa']}, "
+        f"{acc['threads']} threads). max |Δlogit| fast vs stock: "
+        f"{fast.get('max_abs_logit_diff', float('nan')):.2e}; plain step vs the same token "
+        "inside a tree: stock "
+        f"{fast.get('tree_vs_plain_max_abs_logit_diff_stock', float('nan')):.2e}, fast "
+        f"{fast.get('tree_vs_plain_max_abs_logit_diff_fast', float('nan')):.2e}.",
+    ]
+    curve = fast.get("cost_curve")
+    if curve:
+        sizes = list(next(iter(curve.values()))["ms"])
+        lines += [
+            "",
+            f"Verification cost (context 200, forward + LM head on N rows): weights "
+            f"{fast['weight_bytes'] / 1e6:.0f} MB, read bandwidth {fast['read_bandwidth_gbs']:.1f}"
+            f" GB/s, floor {fast['floor_ms']:.1f} ms; plain step / floor: "
+            + ", ".join(f"{a} {v:.2f}x" for a, v in fast["plain_step_over_floor"].items()),
+            "",
+            "| arm | " + " | ".join(f"N={n}" for n in sizes) + " |",
+            "|---|" + "---|" * len(sizes),
+        ]
+        for arm, c in curve.items():
+            cells = [f"{c['ms'][n]:.1f} ms ({c['c'][n]:.2f})" for n in sizes]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -827,7 +936,10 @@ def add_parser(sub) -> None:
     p.add_argument("--methods", default="", help="comma-separated fnmatch patterns to run")
     p.add_argument("--prompt-lookup-tokens", type=int, default=d.prompt_lookup_tokens)
     p.add_argument("--assistant", default=None, help="same-tokenizer draft model directory")
-    p.add_argument("--fast-linear", action="store_true", help="also run with small-M kernels")
+    p.add_argument(
+        "--fast", action="store_true",
+        help="also run every method on the CPU fast path (+fast) and measure the cost curve",
+    )  # fmt: skip
     p.add_argument("--oracle", action="store_true", help="also run a perfect free drafter")
     p.add_argument(
         "--no-adaptive", dest="adaptive", action="store_false",
@@ -857,7 +969,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         methods=tuple(p for p in args.methods.split(",") if p),
         prompt_lookup_tokens=args.prompt_lookup_tokens,
         assistant=args.assistant,
-        fast_linear=args.fast_linear,
+        fast=args.fast,
         oracle=args.oracle,
         adaptive=args.adaptive,
         threads=args.threads,

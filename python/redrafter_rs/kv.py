@@ -17,6 +17,78 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class SlotLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys/values live in pre-allocated buffers [B, h, capacity, D].
+
+    `update` writes the new entries into free slots (no `torch.cat` of the whole cache per layer
+    and step; a buffer grows by doubling, O(1) amortised) and returns views of the filled part.
+    Assigning `keys`/`values` a prefix view of its buffer (the engine's crop after verification)
+    only moves that buffer's fill mark; assigning any other tensor adopts it as the new buffer
+    (joins, leaves and compaction, once per event).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        self._buf: dict[str, torch.Tensor | None] = {"keys": None, "values": None}
+        self._fill = {"keys": 0, "values": 0}
+        super().__init__(**kwargs)
+
+    def _get(self, name: str) -> torch.Tensor | None:
+        buf = self._buf[name]
+        return None if buf is None else buf[:, :, : self._fill[name]]
+
+    def _set(self, name: str, t: torch.Tensor | None) -> None:
+        buf = self._buf[name]
+        if t is None or t.dim() != 4:  # unset, or DynamicLayer's empty placeholder
+            self._buf[name], self._fill[name] = None, 0
+            return
+        prefix = (
+            buf is not None
+            and t.data_ptr() == buf.data_ptr()
+            and t.shape[:2] == buf.shape[:2]
+            and t.shape[3] == buf.shape[3]
+            and t.stride() == buf.stride()
+            and t.shape[2] <= buf.shape[2]
+        )
+        if not prefix:
+            self._buf[name] = t  # adopted as is; the next append grows it
+        self._fill[name] = t.shape[2]
+
+    keys = property(lambda self: self._get("keys"), lambda self, t: self._set("keys", t))
+    values = property(lambda self: self._get("values"), lambda self, t: self._set("values", t))
+
+    def _append(self, name: str, new: torch.Tensor) -> None:
+        buf, start = self._buf[name], self._fill[name]
+        end = start + new.shape[2]
+        if buf is None or end > buf.shape[2]:  # grow: keep headroom for the steps to come
+            B, h, _, D = new.shape
+            cap = end + max(end // 2, 64)
+            grown = new.new_empty(B, h, cap, D)
+            if start:
+                grown[:, :, :start] = buf[:, :, :start]
+            self._buf[name] = buf = grown
+        buf[:, :, start:end] = new
+        self._fill[name] = end
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.device = key_states.device
+            self.is_initialized = True
+        self._append("keys", key_states)
+        self._append("values", value_states)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._fill["keys"]
+
+
+class SlotCache(DynamicCache):
+    """An HF cache of `SlotLayer`s: what the engine's target runs on (full-attention layers)."""
+
+    def __init__(self) -> None:
+        Cache.__init__(self, layer_class_to_replicate=SlotLayer)
 
 
 def _layers(cache: DynamicCache) -> list:

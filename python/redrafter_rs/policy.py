@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from redrafter_rs import fastpath
+
 Shape = tuple[int, ...]  # (W, L) beams or (W, L, N) a best-nodes tree
 
 DEFAULT_SHAPES: tuple[Shape, ...] = (
@@ -122,7 +124,9 @@ class ShapePolicy:
         self._target, self._repeats = target, repeats
         self._ids = torch.randint(0, target.vocab_size, (1, context), device=target.device)
         self._prefilled = None  # the context's cache, prefilled on the first target timing
-        self.target_ms = _TARGET_MS.setdefault(target.model, {})  # shared: filled lazily
+        # shared per model and linear-layer path (stock or fast): filled lazily
+        per_path = _TARGET_MS.setdefault(target.model, {})
+        self.target_ms = per_path.setdefault(fastpath.linear_path(target.model), {})
         inner = getattr(drafter, "rnn", None)  # a retrieval wrapper's RNN drafter
         owner = inner if isinstance(inner, torch.nn.Module) else drafter
         table = _DRAFT_MS.setdefault(owner, {})

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from redrafter_rs.errors import RedrafterError, check
+from redrafter_rs.kv import SlotCache
 
 
 def left_pad(prompts, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,8 +71,9 @@ class Target:
         return int(window)
 
     def new_cache(self) -> DynamicCache:
-        """A cache of plain full-attention layers (the engine manages slots and masks)."""
-        return DynamicCache()
+        """A cache of plain full-attention layers in pre-allocated buffers (the engine manages
+        slots and masks; appending costs O(new tokens), not a copy of the whole cache)."""
+        return SlotCache()
 
     def forward(
         self,

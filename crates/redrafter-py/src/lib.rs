@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 
 mod convert;
 mod errors;
+mod kernels;
 mod retrieval;
 mod tree;
 
@@ -24,5 +25,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<retrieval::PyDatastore>()?;
     m.add_class::<retrieval::PyCandidates>()?;
     m.add_function(wrap_pyfunction!(retrieval::retrieve, m)?)?;
+    kernels::register(m)?;
     Ok(())
 }
