@@ -15,6 +15,15 @@ from redrafter_rs import _core, fastpath
 from redrafter_rs.kv import SlotCache, SlotLayer
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """`accelerate` lowers torch's threads while a model is accelerated; later tests get theirs
+    back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def _kernel_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """One `nn.Linear` with weight `w` and bias `b`, accelerated, applied to `x`."""
     layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
@@ -137,10 +146,34 @@ def test_accelerate_round_trip_keeps_one_copy_and_restores_exactly():
         torch.testing.assert_close(linear(x), stock, rtol=1e-5, atol=1e-5)
         fastpath.set_active(model, False)
         assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
+    assert fastpath.linear_path(model) == "stock"  # switched off: stock cost tables apply
+    fastpath.set_active(model, True)
+    assert fastpath.linear_path(model) == "rust"
     assert rr.unaccelerate(model) == 15
+    assert fastpath.linear_path(model) == "stock"
     assert not fastpath.is_accelerated(model) and "forward" not in vars(linear)
     with torch.no_grad():
         assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
+
+
+def test_accelerate_sets_and_restores_torch_threads():
+    model = tiny_llama(seed=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        report = rr.accelerate(model, threads=2, torch_threads=1)
+        assert report.threads == 2 and report.torch_threads == 1 == torch.get_num_threads()
+        fastpath.set_active(model, False)  # stock torch gets its threads back while off
+        assert torch.get_num_threads() == 2
+        fastpath.set_active(model, True)
+        assert torch.get_num_threads() == 1
+        rr.unaccelerate(model)
+        assert torch.get_num_threads() == 2
+        rr.accelerate(model, torch_threads=None)  # leave torch alone
+        assert torch.get_num_threads() == 2
+        rr.unaccelerate(model)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_accelerate_leaves_autograd_to_torch():

@@ -107,7 +107,8 @@ def cost_curve(
         for N in sizes:
             for name, (_, _, switch) in arms.items():
                 switch(True)
-                try:
+                try:  # an untimed step first: the previous arm's idle threads spin for a while
+                    probes[name].step(N)
                     times[name][N].append(probes[name].step(N))
                 finally:
                     switch(False)
