@@ -1,4 +1,4 @@
-"""Test-only drafters that make the engine's acceptance paths observable."""
+"""Test-only drafters that make the engine's acceptance paths observable, and a step-API driver."""
 
 from __future__ import annotations
 
@@ -56,3 +56,15 @@ class NoisyOracleDrafter(OracleDrafter):
             for w in range(beam_width):
                 beams[b, w, 1 : 1 + int(keep[w])] = truth[: int(keep[w])]
         return beams.to(root.device)
+
+
+def run_rows_equal(gen, prompts, refs) -> None:
+    """Add one request per prompt to the step API `gen`, step until done, and check each row's
+    tokens against `refs`."""
+    for row, p in enumerate(prompts):
+        gen.add(row, p)
+    while gen.has_unfinished():
+        gen.step()
+    done = gen.pop_finished()
+    for row, ref in enumerate(refs):
+        assert done[row].tokens == ref, row

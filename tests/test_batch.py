@@ -11,7 +11,7 @@ from transformers import TextIteratorStreamer
 
 import redrafter_rs as rr
 from conftest import tiny_llama
-from helpers import NoisyOracleDrafter, OracleDrafter
+from helpers import NoisyOracleDrafter, OracleDrafter, run_rows_equal
 from redrafter_rs import RedrafterError
 from redrafter_rs.target import left_pad
 
@@ -26,17 +26,6 @@ def _alone(model, prompt: torch.Tensor, n: int) -> list[int]:
     """model.generate on one row alone: the new tokens."""
     out = model.generate(prompt[None], do_sample=False, max_new_tokens=n)
     return out[0, len(prompt) :].tolist()
-
-
-def _run_rows_equal(gen: rr.SpeculativeGenerator, prompts, refs) -> None:
-    """Add one request per prompt, step until done, check each row's tokens against refs."""
-    for row, p in enumerate(prompts):
-        gen.add(row, p)
-    while gen.has_unfinished():
-        gen.step()
-    done = gen.pop_finished()
-    for row, ref in enumerate(refs):
-        assert done[row].tokens == ref, row
 
 
 def _new_tokens(row: torch.Tensor, T: int, pad: int, eos: int) -> list[int]:
@@ -55,7 +44,7 @@ def test_batch_greedy_rows_equal_generate_alone(B, compact_waste):
         model.config.vocab_size,
     )
     gen = rr.SpeculativeGenerator(model, drafter, rr.SpecConfig(4, 5, 30, None, compact_waste))
-    _run_rows_equal(gen, prompts, refs)
+    run_rows_equal(gen, prompts, refs)
     if compact_waste == 0.0:  # holes were squeezed out (O(context)) and nothing changed
         assert gen.compactions > 0
     out = rr.generate(model, drafter, ids, mask, max_new_tokens=30, beam_width=4, beam_length=5)
@@ -241,7 +230,7 @@ def test_plain_steps_skip_the_mask_only_when_every_slot_is_valid(B):
         return forward(ids, cache, mask, **kw)
 
     gen.target.forward = spy
-    _run_rows_equal(gen, prompts, refs)
+    run_rows_equal(gen, prompts, refs)
     assert all(skipped == dense for skipped, dense in plain)
     if B == 1:
         assert plain and all(skipped for skipped, _ in plain)

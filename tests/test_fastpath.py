@@ -11,6 +11,7 @@ from torch import nn
 
 import redrafter_rs as rr
 from conftest import tiny_llama
+from helpers import run_rows_equal
 from redrafter_rs import _core, fastpath
 from redrafter_rs.kv import SlotCache, SlotLayer
 
@@ -225,14 +226,11 @@ def test_batch_with_padding_on_accelerated_model():
     gen = rr.SpeculativeGenerator(
         model, drafter, rr.SpecConfig(beam_width=3, beam_length=4, max_new_tokens=16)
     )
-    for i, p in enumerate(prompts):
-        gen.add(i, p)
-    while gen.has_unfinished():
-        gen.step()
-    done = gen.pop_finished()
-    for i, p in enumerate(prompts):
-        ref = model.generate(p[None], do_sample=False, max_new_tokens=16)[0, p.numel() :]
-        assert done[i].tokens == ref.tolist()
+    refs = [
+        model.generate(p[None], do_sample=False, max_new_tokens=16)[0, p.numel() :].tolist()
+        for p in prompts
+    ]
+    run_rows_equal(gen, prompts, refs)
 
 
 def test_sampling_runs_on_accelerated_model():

@@ -520,6 +520,7 @@ def _tree_vs_plain(model: nn.Module, tok, text: str, extra: int = 16) -> dict:
     """Largest |Δlogit| between `extra` tokens decoded one plain step at a time and the same
     tokens verified in one tree forward (a chain under the 4D mask), stock and fast."""
     from redrafter_rs import fastpath
+    from redrafter_rs.cost import chain_mask, crop
     from redrafter_rs.target import Target
 
     target = Target(model)
@@ -533,12 +534,10 @@ def _tree_vs_plain(model: nn.Module, tok, text: str, extra: int = 16) -> dict:
         try:
             cache = target.new_cache()
             target.forward(ids, cache, None, position_ids=torch.arange(T)[None])
-            mask = torch.ones(1, 1, extra, T + extra, dtype=torch.bool)
-            mask[..., T:] = torch.ones(extra, extra, dtype=torch.bool).tril()
             pos = T + torch.arange(extra)[None]
+            mask = chain_mask(T, extra)
             tree = target.logits(target.forward(cont, cache, mask, position_ids=pos))
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, :T], layer.values[:, :, :T]
+            crop(cache, T)
             steps = [
                 target.forward(cont[:, i : i + 1], cache, None, position_ids=pos[:, i : i + 1])
                 for i in range(extra)

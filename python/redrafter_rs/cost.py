@@ -42,6 +42,20 @@ def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     return buf.numel() * 4 / best / 1e9
 
 
+def chain_mask(context: int, n: int) -> torch.Tensor:
+    """[1, 1, n, context + n] boolean 4D mask: n new tokens in a chain (each sees the whole
+    context and the new tokens before it), the simplest tree the engine verifies."""
+    ctx = torch.ones(1, 1, n, context, dtype=torch.bool)
+    tree = torch.ones(n, n, dtype=torch.bool).tril()[None, None]
+    return torch.cat([ctx, tree], dim=-1)
+
+
+def crop(cache, length: int) -> None:
+    """Drop every cache entry past the first `length` (what the engine does after a step)."""
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+
+
 def _median(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[len(xs) // 2]
@@ -68,14 +82,11 @@ class _Probe:
         if N == 1:
             hidden = target.forward(tokens, self.cache, None, position_ids=positions)
         else:
-            ctx = torch.ones(1, 1, N, T, dtype=torch.bool)
-            tree = torch.ones(N, N, dtype=torch.bool).tril()[None, None]
-            mask = torch.cat([ctx, tree], dim=-1)
+            mask = chain_mask(T, N)
             hidden = target.forward(tokens, self.cache, mask, position_ids=positions)
         target.logits(hidden)
         elapsed = time.perf_counter() - t
-        for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[:, :, :T], layer.values[:, :, :T]
+        crop(self.cache, T)
         return elapsed
 
 

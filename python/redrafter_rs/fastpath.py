@@ -58,15 +58,6 @@ def onednn_available() -> bool:
         return False
 
 
-def kernel_info() -> dict:
-    """The Rust kernel's instruction set and threads, and whether oneDNN's op is there."""
-    return {
-        "isa": _core.kernel_isa(),
-        "threads": _core.kernel_threads(),
-        "onednn": onednn_available(),
-    }
-
-
 class _Layer:
     """Per patched `nn.Linear`: which kernel, and the state it needs."""
 
@@ -77,9 +68,13 @@ class _Layer:
         self.refresh(module)
 
     def refresh(self, module: nn.Linear) -> None:
+        """Re-read the weight: at patch time, and when it was replaced (`.data =`, `.to()`)."""
         weight = module.weight.detach()
         self.source, self.version = module.weight, module.weight._version
         self.ptr, self.dtype = weight.data_ptr(), weight.dtype  # `.data =` swaps these
+        self.usable = _eligible(module, self.kernel)  # e.g. moved to a GPU or cast to fp16
+        if not self.usable:
+            return
         if self.kernel == "onednn":  # oneDNN's blocked layout, refreshed on in-place writes
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
             return
@@ -93,19 +88,19 @@ class _Layer:
     def __call__(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         weight = module.weight
         if (
-            not self.active
-            or x.dtype != weight.dtype
-            or not _eligible(module, self.kernel)  # e.g. moved to a GPU or cast to fp16
-            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        ):
-            return F.linear(x, weight, module.bias)  # autograd and odd calls stay stock
-        if (
             weight is not self.source
             or weight.data_ptr() != self.ptr
             or weight.dtype != self.dtype
             or (self.kernel == "onednn" and weight._version != self.version)
         ):
             self.refresh(module)
+        if (
+            not self.active
+            or not self.usable
+            or x.dtype != weight.dtype
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        ):
+            return F.linear(x, weight, module.bias)  # autograd and odd calls stay stock
         K = x.shape[-1]
         x2 = x.reshape(-1, K)
         if self.kernel == "onednn":

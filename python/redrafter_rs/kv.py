@@ -24,7 +24,8 @@ class SlotLayer(DynamicLayer):
     """A `DynamicLayer` whose keys/values live in pre-allocated buffers [B, h, capacity, D].
 
     `update` writes the new entries into free slots (no `torch.cat` of the whole cache per layer
-    and step; a buffer grows by doubling, O(1) amortised) and returns views of the filled part.
+    and step; a full buffer grows by half again, O(1) amortised) and returns views of the filled
+    part.
     Assigning `keys`/`values` a prefix view of its buffer (the engine's crop after verification)
     only moves that buffer's fill mark; assigning any other tensor adopts it as the new buffer
     (joins, leaves and compaction, once per event).
