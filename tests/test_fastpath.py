@@ -193,6 +193,10 @@ def test_accelerate_rejects_bad_arguments():
         rr.accelerate(layer, kernel="mkl")
     with pytest.raises(rr.RedrafterError, match="threads"):
         rr.accelerate(layer, threads=0)
+    for bad in (0, True, 1.5):
+        with pytest.raises(rr.RedrafterError, match="torch_threads"):
+            rr.accelerate(layer, torch_threads=bad)
+    assert not fastpath.is_accelerated(layer)  # refused before anything was patched
 
 
 # ---- exactness on the accelerated model ---------------------------------------------------------

@@ -180,7 +180,9 @@ def accelerate(
         )
     if torch_threads is not None:
         check(
-            isinstance(torch_threads, int) and torch_threads >= 1,
+            isinstance(torch_threads, int)
+            and not isinstance(torch_threads, bool)
+            and torch_threads >= 1,
             f"torch_threads must be an integer >= 1 or None, got {torch_threads!r}",
         )
     before = getattr(model, _THREADS, (None, torch.get_num_threads()))[1]
