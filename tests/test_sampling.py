@@ -87,6 +87,15 @@ def tv_bound(a: np.ndarray, b: np.ndarray, n: int) -> float:
     return 0.5 * math.sqrt(2 / n) * float(np.sqrt(pooled).sum()) + math.sqrt(math.log(1000) / n)
 
 
+def assert_same_distribution(plain: np.ndarray, spec: np.ndarray, label: str) -> None:
+    """Chi-square homogeneity (p > 0.01) and total variation below the bound above."""
+    p_value = chi2_homogeneity(plain, spec)
+    tv, bound = tv_distance(plain, spec), tv_bound(plain, spec, N_SAMPLES)
+    print(f"\n{label}: chi2 p = {p_value:.4f}, TV = {tv:.4f} (bound {bound:.4f})")
+    assert p_value > 0.01
+    assert tv < bound
+
+
 def _plain_samples(model, settings: dict, seed: int) -> np.ndarray:
     torch.manual_seed(seed)
     ids = PROMPT.repeat(N_SAMPLES, 1)
@@ -97,13 +106,19 @@ def _plain_samples(model, settings: dict, seed: int) -> np.ndarray:
     return _counts(_codes(out))
 
 
-def _spec_samples(model, drafter, settings: dict, seed: int, biased: bool = False, nodes=None):
+def _spec_samples(
+    model, drafter, settings: dict, seed: int, biased=False, nodes=None, seeded=False
+):
+    """N_SAMPLES speculative samples; `seeded`: request r carries its own seed (seed, r) and
+    the per-position noise of seeded sampling, instead of one shared generator."""
     ids = PROMPT.repeat(N_SAMPLES, 1)
-    gen = torch.Generator().manual_seed(seed)
+    gen = None if seeded else torch.Generator().manual_seed(seed)
     params = rr.SamplingParams(**settings)
     config = rr.SpecConfig(beam_width=3, beam_length=3, max_new_tokens=NEW, tree_nodes=nodes)
     engine = (BiasedPQGenerator if biased else rr.SpeculativeGenerator)(model, drafter, config)
     for row in range(N_SAMPLES):
+        if seeded:
+            params = rr.SamplingParams(**settings, seed=seed * N_SAMPLES + row)
         engine.add(row, ids[row], params, generator=gen)
     while engine.has_unfinished():
         engine.step()
@@ -128,11 +143,7 @@ def test_speculative_sampling_matches_plain_sampling(model, drafter, settings):
     plain = _plain_samples(model, settings, seed=1)
     spec, accepted = _spec_samples(model, drafter, settings, seed=2)
     assert accepted > N_SAMPLES // 10  # the draft tree really was used, not only bonus tokens
-    p_value = chi2_homogeneity(plain, spec)
-    tv, bound = tv_distance(plain, spec), tv_bound(plain, spec, N_SAMPLES)
-    print(f"\n{settings}: chi2 p = {p_value:.4f}, TV = {tv:.4f} (bound {bound:.4f})")
-    assert p_value > 0.01
-    assert tv < bound
+    assert_same_distribution(plain, spec, str(settings))
 
 
 def test_best_nodes_tree_sampling_matches_plain_sampling(model, drafter):
@@ -141,11 +152,16 @@ def test_best_nodes_tree_sampling_matches_plain_sampling(model, drafter):
     plain = _plain_samples(model, settings, seed=1)
     spec, accepted = _spec_samples(model, drafter, settings, seed=6, nodes=4)
     assert accepted > N_SAMPLES // 10
-    p_value = chi2_homogeneity(plain, spec)
-    tv, bound = tv_distance(plain, spec), tv_bound(plain, spec, N_SAMPLES)
-    print(f"\nbest-nodes {settings}: chi2 p = {p_value:.4f}, TV = {tv:.4f} (bound {bound:.4f})")
-    assert p_value > 0.01
-    assert tv < bound
+    assert_same_distribution(plain, spec, f"best-nodes {settings}")
+
+
+@pytest.mark.parametrize("settings", [SETTINGS[1], SETTINGS[3]], ids=["T=1.0", "T=0.8,k=5,min_p"])
+def test_seeded_sampling_matches_plain_sampling(model, drafter, settings):
+    # one seed per request: over seeds, the per-position noise still gives exact samples
+    plain = _plain_samples(model, settings, seed=7)
+    spec, accepted = _spec_samples(model, drafter, settings, seed=8, seeded=True)
+    assert accepted > N_SAMPLES // 10
+    assert_same_distribution(plain, spec, f"seeded {settings}")
 
 
 @pytest.mark.parametrize("settings", SETTINGS[:2], ids=["T=0.5", "T=1.0"])
@@ -158,12 +174,16 @@ def test_the_same_test_rejects_the_biased_pq_rule(model, drafter, settings):
     assert p_value < 1e-6
 
 
-def test_seeded_sampling_is_reproducible(model, drafter):
+def test_a_seeded_generator_is_reproducible(model, drafter):
+    # unseeded requests draw from the generator the caller passes
     a = rr.generate(model, drafter, PROMPT, max_new_tokens=12, temperature=1.0,
                     generator=torch.Generator().manual_seed(5))  # fmt: skip
     b = rr.generate(model, drafter, PROMPT, max_new_tokens=12, temperature=1.0,
                     generator=torch.Generator().manual_seed(5))  # fmt: skip
+    c = rr.generate(model, drafter, PROMPT, max_new_tokens=12, temperature=1.0,
+                    generator=torch.Generator().manual_seed(6))  # fmt: skip
     assert torch.equal(a.sequences, b.sequences)
+    assert not torch.equal(a.sequences, c.sequences)
 
 
 class BiasedPQGenerator(rr.SpeculativeGenerator):

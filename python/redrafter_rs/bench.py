@@ -46,6 +46,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from redrafter_rs._validate import nonnegative_int, positive_int
+
 DEFAULT_GRID = ((1, 3), (1, 4), (2, 4), (4, 4), (4, 5))  # small trees: see benchmarks/README.md
 DEFAULT_RETRIEVAL_GRID = ((1, 8),)  # retrieval alone: one long candidate, like prompt lookup
 PHASES = ("drafter", "target", "rust", "cache", "other")
@@ -917,8 +919,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=d.model, help="default | gemma-3-270m | model directory")
     p.add_argument("--drafter", default=None, help="drafter directory (default: the shipped one)")
     p.add_argument("--prompts", default=None, help="JSON-lines file (keys prompt or turns)")
-    p.add_argument("--num-prompts", type=int, default=d.num_prompts)
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--num-prompts", type=positive_int, default=d.num_prompts)
+    p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens)
     p.add_argument("--grid", type=parse_grid, default=d.grid, help="W x L points, e.g. 1x4,4x5")
     p.add_argument(
         "--retrieval-grid", type=parse_grid, default=d.retrieval_grid,
@@ -933,7 +935,7 @@ def add_parser(sub) -> None:
         help="skip retrieval_WxL and redrafter+retrieval_WxL",
     )  # fmt: skip
     p.add_argument("--methods", default="", help="comma-separated fnmatch patterns to run")
-    p.add_argument("--prompt-lookup-tokens", type=int, default=d.prompt_lookup_tokens)
+    p.add_argument("--prompt-lookup-tokens", type=positive_int, default=d.prompt_lookup_tokens)
     p.add_argument("--assistant", default=None, help="same-tokenizer draft model directory")
     p.add_argument(
         "--fast", action="store_true",
@@ -944,11 +946,13 @@ def add_parser(sub) -> None:
         "--no-adaptive", dest="adaptive", action="store_false",
         help="skip redrafter_auto and redrafter+retrieval_auto (the load-aware policy)",
     )  # fmt: skip
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype)
     p.add_argument("--device", default=d.device, help="cpu | cuda")
     p.add_argument("--no-chat", dest="chat", action="store_false", help="skip the chat template")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="warm-up prompts (not counted)")
+    p.add_argument(
+        "--warmup", type=nonnegative_int, default=d.warmup, help="warm-up prompts (not counted)"
+    )
     p.add_argument("--out", default=d.out, help="output directory")
     p.set_defaults(func=cmd_bench)
 

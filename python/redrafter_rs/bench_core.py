@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from redrafter_rs import _core, reference
+from redrafter_rs._validate import positive_int
 
 SIZES = tuple(itertools.product((1, 8), (4, 16), (4, 6)))  # (B, W, L)
 VOCAB = 49_152
@@ -135,7 +136,7 @@ def markdown(rows: list[dict]) -> str:
 def add_parser(sub) -> None:
     p = sub.add_parser("bench-core", help="Rust pack/accept vs the pure-torch reference")
     p.add_argument("--no-step", dest="step", action="store_false", help="skip the model step")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--out", default="bench-out", help="output directory")
     p.set_defaults(func=cmd_bench_core)
 

@@ -8,19 +8,20 @@ import time
 
 import torch
 
+from redrafter_rs._validate import nonnegative_int, positive_int
 from redrafter_rs.errors import RedrafterError
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
     # The best fixed shape depends on the CPU (benchmarks/README.md): 4x4 + retrieval was best on
     # an AMD EPYC (2026-11-23: 1.14x), 1x3 + retrieval on an Intel Xeon with AVX-512 (2026-12-02:
     # 1.36x, 4x4 1.05x). So by default the policy picks per step, up to -W x -L (adaptive: 1.31x
     # there).
-    p.add_argument("--beam-width", "-W", type=int, default=4)
-    p.add_argument("--beam-length", "-L", type=int, default=4)
+    p.add_argument("--beam-width", "-W", type=positive_int, default=4)
+    p.add_argument("--beam-length", "-L", type=positive_int, default=4)
     p.add_argument("--drafter", default=None, help="drafter directory (default: the shipped one)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument(
         "--no-retrieval", dest="retrieval", action="store_false",
         help="RNN drafts only (default: also draft from the prompt and the text so far with a "
@@ -32,7 +33,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
         "decoding included (policy.py; the default); --no-adaptive: always W x L",
     )  # fmt: skip
     p.add_argument(
-        "--tree-nodes", type=int, default=None, metavar="N",
+        "--tree-nodes", type=positive_int, default=None, metavar="N",
         help="draft a best-nodes tree of N tokens per step (the most probable paths, up to depth "
         "L-1, W children of the W best nodes per depth) instead of W beams; a fixed tree, so "
         "it implies --no-adaptive",
@@ -62,7 +63,7 @@ def _load(args: argparse.Namespace):
     from redrafter_rs.drafter import RecurrentDrafter
     from redrafter_rs.models import load_default_model
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     model, tok = load_default_model()
     args.fast = args.fast and model.device.type == "cpu"
@@ -177,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help=cmd_demo.__doc__)
     _add_spec_args(demo)
-    demo.add_argument("--question", type=int, default=0, help="MT-Bench question index (0-79)")
+    demo.add_argument(
+        "--question", type=nonnegative_int, default=0, help="MT-Bench question index (0-79)"
+    )
     demo.set_defaults(func=cmd_demo)
     gen = sub.add_parser("generate", help=cmd_generate.__doc__)
     _add_spec_args(gen)

@@ -15,9 +15,11 @@ because the target checks every proposal.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,12 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from redrafter_rs._io import atomic_write, atomic_write_json
+from redrafter_rs._validate import check_bool, check_float, check_int, check_optional_int
 from redrafter_rs.errors import RedrafterError, check
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "redrafter_rs_recurrent_drafter"
 FORMAT_VERSION = 1
+CHECKSUM_KEY = "tensors_sha256"  # config.json: sha256 of the weights (see `tensors_sha256`)
 _PROBE_ROWS = 8
 _PROBE_COLS = 8
 
@@ -48,12 +52,27 @@ class DrafterConfig:
     embedding_probe: list[float] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        check(self.hidden_size > 0, f"hidden_size must be > 0, got {self.hidden_size}")
-        check(self.vocab_size > 0, f"vocab_size must be > 0, got {self.vocab_size}")
-        check(self.num_layers >= 0, f"num_layers must be >= 0, got {self.num_layers}")
+        check_int("hidden_size", self.hidden_size, low=1)
+        check_int("vocab_size", self.vocab_size, low=1)
+        check_int("num_layers", self.num_layers, low=0)
+        check_optional_int("exit_dim", self.exit_dim, low=1)
+        check_bool("rnn", self.rnn)
+        check_optional_int("draft_vocab_size", self.draft_vocab_size)
+        check(
+            isinstance(self.target_name, str),
+            f"target_name must be a string, got {type(self.target_name).__name__}",
+        )
+        probe = self.embedding_probe
+        if probe is not None:
+            want = _PROBE_ROWS * _PROBE_COLS
+            check(
+                isinstance(probe, list) and len(probe) == want,
+                f"embedding_probe must be a list of {want} numbers or null, got {probe!r:.80}",
+            )
+            for x in probe:
+                check_float("embedding_probe value", x)
         if self.exit_dim is None:
             self.exit_dim = 2 * self.hidden_size
-        check(self.exit_dim > 0, f"exit_dim must be > 0, got {self.exit_dim}")
         if self.draft_vocab_size is not None:
             check(
                 0 < self.draft_vocab_size <= self.vocab_size,
@@ -235,6 +254,10 @@ class RecurrentDrafter(nn.Module):
         from safetensors.torch import save_file
 
         directory = Path(directory)
+        check(
+            not directory.exists() or directory.is_dir(),
+            f"save_pretrained: {directory} exists and is not a directory",
+        )
         tensors = {
             k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
             .detach()
@@ -243,9 +266,15 @@ class RecurrentDrafter(nn.Module):
             for k, v in self.state_dict().items()
         }
         meta = {"format": "pt", "model_type": MODEL_TYPE}
-        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=meta))
         config = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION, **asdict(self.config)}
-        atomic_write_json(directory / CONFIG_NAME, config)
+        config[CHECKSUM_KEY] = tensors_sha256(tensors)
+        try:  # weights first: a crash in between leaves a checksum mismatch, caught on load
+            atomic_write(
+                directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=meta)
+            )
+            atomic_write_json(directory / CONFIG_NAME, config)
+        except OSError as e:
+            raise RedrafterError(f"save_pretrained: cannot write to {directory} ({e})") from e
 
     @classmethod
     def from_pretrained(
@@ -258,16 +287,26 @@ class RecurrentDrafter(nn.Module):
     ) -> RecurrentDrafter:
         """Load a drafter; with `target`, refuse one made for a different model."""
         directory = Path(directory)
-        config = _read_config(directory / CONFIG_NAME)
-        drafter = cls(config)
-        _load_weights(drafter, directory / WEIGHTS_NAME)
+        raw = _read_raw(directory / CONFIG_NAME)
+        drafter = cls(_config_from_raw(raw, directory / CONFIG_NAME))
+        _load_weights(drafter, directory / WEIGHTS_NAME, raw.get(CHECKSUM_KEY))
         if target is not None:
             drafter.check_target(target)
             device = device or target_embedding(target).weight.device
         return drafter.to(device=device, dtype=dtype).eval()
 
 
-def _read_config(path: Path) -> DrafterConfig:
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors in name order: each name, dtype, shape and raw bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_raw(path: Path) -> dict:
     check(path.is_file(), f"drafter checkpoint: {path} not found")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -279,19 +318,42 @@ def _read_config(path: Path) -> DrafterConfig:
         f"drafter checkpoint: {path} has model_type={raw.get('model_type')!r}, "
         f"expected {MODEL_TYPE!r}",
     )
+    version = raw.get("format_version", 0)
     check(
-        raw.get("format_version", 0) <= FORMAT_VERSION,
-        f"drafter checkpoint: {path} has format_version {raw.get('format_version')}, newer than "
+        isinstance(version, int) and not isinstance(version, bool) and version >= 0,
+        f"drafter checkpoint: {path}: format_version must be a non-negative integer, "
+        f"got {version!r}",
+    )
+    check(
+        version <= FORMAT_VERSION,
+        f"drafter checkpoint: {path} has format_version {version}, newer than "
         f"this redrafter-rs understands ({FORMAT_VERSION}); upgrade redrafter-rs",
     )
-    fields = set(DrafterConfig.__dataclass_fields__)
+    checksum = raw.get(CHECKSUM_KEY)
+    check(
+        checksum is None or (isinstance(checksum, str) and len(checksum) == 64),
+        f"drafter checkpoint: {path}: {CHECKSUM_KEY} must be a 64-character hex string",
+    )
+    return raw
+
+
+def _config_from_raw(raw: dict, path: Path) -> DrafterConfig:
+    fields = DrafterConfig.__dataclass_fields__
+    required = [k for k, f in fields.items() if f.default is MISSING]
+    missing = [k for k in required if k not in raw]
+    check(not missing, f"drafter checkpoint: {path} is missing config fields {missing}")
     try:
         return DrafterConfig(**{k: v for k, v in raw.items() if k in fields})
-    except TypeError as e:
-        raise RedrafterError(f"drafter checkpoint: {path} is missing config fields ({e})") from e
+    except RedrafterError as e:
+        raise RedrafterError(f"drafter checkpoint: {path}: {e}") from None
 
 
-def _load_weights(drafter: RecurrentDrafter, path: Path) -> None:
+def _read_config(path: Path) -> DrafterConfig:
+    """The `DrafterConfig` of a checkpoint's config.json, validated."""
+    return _config_from_raw(_read_raw(path), path)
+
+
+def _load_weights(drafter: RecurrentDrafter, path: Path, checksum: str | None = None) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -312,4 +374,28 @@ def _load_weights(drafter: RecurrentDrafter, path: Path) -> None:
             f"drafter checkpoint: tensor {name!r} has shape {tuple(tensor.shape)}, "
             f"expected {want} from config.json",
         )
+    if checksum is None:
+        warnings.warn(
+            f"drafter checkpoint: {path.parent} has no {CHECKSUM_KEY} in config.json (written "
+            "by an older redrafter-rs), so its weights cannot be verified; save_pretrained() "
+            "again to add one",
+            stacklevel=3,
+        )
+    else:
+        check(
+            tensors_sha256(state) == checksum,
+            f"drafter checkpoint: {path} does not match the {CHECKSUM_KEY} in config.json: the "
+            "weights are corrupt, or config.json and the weights come from different saves",
+        )
+    for name, tensor in state.items():
+        check(
+            not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()),
+            f"drafter checkpoint: tensor {name!r} holds NaN or infinite values",
+        )
     drafter.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    ids = drafter.draft_to_target
+    check(
+        bool(((ids >= 0) & (ids < drafter.config.vocab_size)).all()),
+        f"drafter checkpoint: {path}: draft_to_target ids must be in "
+        f"[0, {drafter.config.vocab_size})",
+    )

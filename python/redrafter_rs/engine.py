@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import threading
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -26,7 +27,14 @@ import torch
 from torch import nn
 
 from redrafter_rs import _core
-from redrafter_rs.errors import check
+from redrafter_rs._validate import (
+    check_drafter,
+    check_float,
+    check_hashable,
+    check_int,
+    check_optional_int,
+)
+from redrafter_rs.errors import RedrafterError, check
 from redrafter_rs.kv import BatchCache
 from redrafter_rs.policy import (
     PolicyConfig,
@@ -53,11 +61,15 @@ class SpecConfig:
     tree_nodes: int | None = None  # N: best-nodes tree of N drafted tokens (None: W beams)
 
     def __post_init__(self) -> None:
-        check(self.beam_width >= 1, f"beam_width must be >= 1, got {self.beam_width}")
-        check(self.beam_length >= 1, f"beam_length must be >= 1, got {self.beam_length}")
-        check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        N = self.tree_nodes
-        check(N is None or N >= 1, f"tree_nodes must be >= 1 or None, got {N}")
+        check_int("beam_width", self.beam_width, low=1)
+        check_int("beam_length", self.beam_length, low=1)
+        check_int("max_new_tokens", self.max_new_tokens, low=1)
+        N = check_optional_int("tree_nodes", self.tree_nodes, low=1)
+        check(
+            isinstance(self.adaptive, bool),
+            f"adaptive must be true or false, got {self.adaptive!r}",
+        )
+        check_float("compact_waste", self.compact_waste, low=0.0)  # 0: squeeze every step
         check(
             N is None or not self.adaptive,
             "tree_nodes and adaptive cannot be combined: tree_nodes fixes one best-nodes tree, "
@@ -172,13 +184,25 @@ class SpeculativeGenerator:
     while gen.has_unfinished():
         for rid, new_tokens in gen.step().items(): ...
     done = gen.pop_finished()                     # {rid: Request} with tokens and stats
+
+    Threads: one thread drives `step()`; `add`, `cancel`, `pop_finished`, `has_unfinished` and
+    `num_active` are safe from any thread (they wait while a step runs, so they take effect
+    between steps). A second `step()` while one is running (from another thread, or from inside
+    a drafter hook) raises `RedrafterError` instead of corrupting the batch.
     """
 
     def __init__(
         self, model: nn.Module, drafter: nn.Module, config: SpecConfig | None = None
     ) -> None:
+        check_drafter(drafter, optional=False)
+        check(
+            config is None or isinstance(config, SpecConfig),
+            f"config must be a SpecConfig or None, got {type(config).__name__}",
+        )
         self.target = Target(model)
         self.drafter = drafter
+        self._lock = threading.RLock()  # guards the request queues and batch state
+        self._stepping = threading.Lock()  # held for the whole of one step()
         self.config = config or SpecConfig()
         self.eos = _eos_ids(model, self.config.eos_token_id)
         self.staging = Staging(self.target.device)
@@ -228,22 +252,49 @@ class SpeculativeGenerator:
         max_new_tokens: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        """Queue a request; it is prefilled at the next `step()`."""
+        """Queue a request; it is prefilled at the next `step()`.
+
+        `sampling.seed` pins the request's tokens (see sampling.py); otherwise sampled draws come
+        from `generator` (None: torch's global RNG). Passing both is refused.
+        """
+        check_hashable("request_id", request_id)
+        budget = check_optional_int("max_new_tokens", max_new_tokens, low=1)
+        budget = self.config.max_new_tokens if budget is None else budget
+        params = GREEDY if sampling is None else sampling
         check(
-            request_id not in self._live,
-            f"request_id {request_id!r} is already queued or running",
+            isinstance(params, SamplingParams),
+            f"sampling must be a SamplingParams or None, got {type(sampling).__name__}",
         )
-        budget = max_new_tokens or self.config.max_new_tokens
-        check(budget >= 1, f"max_new_tokens must be >= 1, got {budget}")
+        check(
+            generator is None or isinstance(generator, torch.Generator),
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}",
+        )
+        check(
+            params.seed is None or generator is None,
+            "pass either sampling.seed or generator, not both: a seed pins the request's draws "
+            "by itself",
+        )
         prompt = self._check_prompt(input_ids, budget)
-        params = sampling or GREEDY
-        gen = generator or params.generator(self.target.device)
         stats = GenerationStats(self.config.beam_width, self.config.beam_length)
-        self._pending.append(Request(request_id, prompt, params, budget, gen, stats))
-        self._live.add(request_id)
+        with self._lock:
+            check(
+                request_id not in self._live,
+                f"request_id {request_id!r} is already queued or running",
+            )
+            check(
+                request_id not in self._finished,
+                f"request_id {request_id!r} has finished but its result was not collected; "
+                "call pop_finished() before reusing the id",
+            )
+            self._pending.append(Request(request_id, prompt, params, budget, generator, stats))
+            self._live.add(request_id)
 
     def cancel(self, request_id: Hashable) -> bool:
         """Stop a queued or running request; returns whether it was found."""
+        with self._lock:
+            return self._cancel(request_id)
+
+    def _cancel(self, request_id: Hashable) -> bool:
         for req in self._pending:
             if req.id == request_id:
                 self._pending.remove(req)
@@ -257,11 +308,13 @@ class SpeculativeGenerator:
         return False
 
     def has_unfinished(self) -> bool:
-        return bool(self._pending or self._active)
+        with self._lock:
+            return bool(self._pending or self._active)
 
     def pop_finished(self) -> dict[Hashable, Request]:
         """Finished requests (EOS, budget or cancelled) since the last call."""
-        done, self._finished = self._finished, {}
+        with self._lock:
+            done, self._finished = self._finished, {}
         return done
 
     @property
@@ -276,19 +329,30 @@ class SpeculativeGenerator:
         Returns the tokens each request emitted during this step (requests that finished in
         this step included; read them with `pop_finished()`).
         """
-        out: dict[Hashable, list[int]] = {}
-        if self._pending:
-            self._admit(out)
-        if self._active:
-            self._decode(out)
-        return out
+        if not self._stepping.acquire(blocking=False):
+            raise RedrafterError(
+                "SpeculativeGenerator.step() is already running (in another thread, or "
+                "re-entered from a drafter hook): one thread drives step(); add/cancel are safe "
+                "from others"
+            )
+        try:
+            with self._lock:
+                out: dict[Hashable, list[int]] = {}
+                if self._pending:
+                    self._admit(out)
+                if self._active:
+                    self._decode(out)
+                return out
+        finally:
+            self._stepping.release()
 
     def _admit(self, out: dict[Hashable, list[int]]) -> None:
         timer = _Timer(self.time_s, self.target.device)
         reqs, self._pending = self._pending, []
         cache, pos, hidden = self._prefill([r.prompt for r in reqs])
         logits = self.target.logits(hidden)[:, None]  # [b, 1, V]
-        root = choose_tokens(logits, [r.params for r in reqs], [r.generator for r in reqs])[:, 0]
+        params, gens = [r.params for r in reqs], [r.generator for r in reqs]
+        root = choose_tokens(logits, params, gens, start=[len(r.prompt) for r in reqs])[:, 0]
         root_host = root.tolist()
         keep = [i for i, r in enumerate(reqs) if not self._emit(r, [root_host[i]], out)]
         timer.lap("prefill")
@@ -309,8 +373,14 @@ class SpeculativeGenerator:
         timer.lap("pack")
         hidden = self._verify(tree)  # [B, N, H]
         logits = self.target.logits(hidden)  # [B, N, V]
-        params = [r.params for r in self._active]
-        choice = choose_tokens(logits, params, [r.generator for r in self._active])
+        rows = self._active
+        choice = choose_tokens(
+            logits,
+            [r.params for r in rows],
+            [r.generator for r in rows],
+            start=[len(r.prompt) + len(r.tokens) for r in rows],  # index depth 0 predicts
+            depth=tree.depth,
+        )
         choice_np = self.staging.to_host(choice, "choice")  # [B, N]
         timer.lap("target")
         acc = _core.accept(tree, beams_np, choice_np)
@@ -374,6 +444,11 @@ class SpeculativeGenerator:
         tokens = self.staging.to_device(tree.tokens, "tokens")  # [B, N]
         depth = self.staging.to_device(tree.depth, "depth")  # [B, N]
         positions = self._pos[:, None] + depth  # [B, N]
+        if self.target.max_positions:
+            # Learned position tables (GPT-2) end at max_positions. A node past the end only
+            # predicts tokens beyond its request's budget (prompt + budget <= max_positions is
+            # checked at add), which are never emitted, so clamping changes no output.
+            positions = positions.clamp(max=self.target.max_positions - 1)
         if tree.tokens.shape[1] == 1 and self._cache.dense:  # a plain step: every slot visible
             return self.target.forward(tokens, self._cache.cache, None, position_ids=positions)
         tree_mask = self.staging.to_device(tree.mask, "mask")  # [B, N, N]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from redrafter_rs._validate import check_drafter, check_optional_int
 from redrafter_rs.engine import GenerationStats, SpecConfig, SpeculativeGenerator
 from redrafter_rs.errors import check
 from redrafter_rs.policy import PolicyConfig
@@ -32,11 +33,39 @@ def _rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[
     if attention_mask is None:
         return list(input_ids)
     check(
+        isinstance(attention_mask, torch.Tensor),
+        f"attention_mask must be a torch.Tensor or None, got {type(attention_mask).__name__}",
+    )
+    if attention_mask.dim() == 1:
+        attention_mask = attention_mask[None]
+    check(
         attention_mask.shape == input_ids.shape,
         f"attention_mask: expected shape {tuple(input_ids.shape)} like input_ids, "
         f"got {tuple(attention_mask.shape)}",
     )
+    check(
+        bool(((attention_mask == 0) | (attention_mask == 1)).all()),
+        "attention_mask: values must be 0 (padding) or 1 (token)",
+    )
     return [row[m.bool()] for row, m in zip(input_ids, attention_mask, strict=True)]
+
+
+def _sampling(
+    rows: int, temperature, top_k, top_p, min_p, repetition_penalty, seed, generator
+) -> list[SamplingParams]:
+    """Per-row settings: `seed` is one int for every row, or a list of one per row."""
+    seeds = seed if isinstance(seed, (list, tuple)) else [seed] * rows
+    check(
+        len(seeds) == rows,
+        f"seed: expected one seed per row ({rows}), got a list of {len(seeds)}",
+    )
+    for s in seeds:
+        check_optional_int("seed", s)
+    check(
+        generator is None or seed is None,
+        "pass either seed or generator, not both: a seed pins each row's draws by itself",
+    )
+    return [SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, s) for s in seeds]
 
 
 def _pad_id(model: nn.Module, pad_token_id: int | None, eos: set[int]) -> int:
@@ -50,9 +79,10 @@ def _pad_id(model: nn.Module, pad_token_id: int | None, eos: set[int]) -> int:
 def _start(
     model, drafter, prompts, config, params, generator, retrieval=None
 ) -> SpeculativeGenerator:
+    check_drafter(drafter)
     engine = SpeculativeGenerator(model, with_retrieval(drafter, retrieval), config)
     for row, prompt in enumerate(prompts):
-        engine.add(row, prompt, params, generator=generator)
+        engine.add(row, prompt, params[row], generator=generator)
     return engine
 
 
@@ -88,6 +118,7 @@ def stream(
     min_p: float = 0.0,
     repetition_penalty: float = 1.0,
     generator: torch.Generator | None = None,
+    seed: int | list[int] | None = None,
     streamer=None,
     adaptive: bool | PolicyConfig = False,
     retrieval: bool | RetrievalConfig | None = None,
@@ -103,7 +134,9 @@ def stream(
     config = _spec_config(
         beam_width, beam_length, max_new_tokens, eos_token_id, adaptive, tree_nodes
     )
-    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+    params = _sampling(
+        len(prompts), temperature, top_k, top_p, min_p, repetition_penalty, seed, generator
+    )
     engine = _start(model, drafter, prompts, config, params, generator, retrieval)
     yield from _steps(engine, len(prompts), streamer, prompts[0])
 
@@ -125,6 +158,7 @@ def generate(
     min_p: float = 0.0,
     repetition_penalty: float = 1.0,
     generator: torch.Generator | None = None,
+    seed: int | list[int] | None = None,
     streamer=None,
     adaptive: bool | PolicyConfig = False,
     retrieval: bool | RetrievalConfig | None = None,
@@ -146,6 +180,9 @@ def generate(
     optionally a datastore) to the tree (see retrieval.py); `drafter` may then be None.
     tree_nodes: N drafts a best-nodes tree instead of W beams: the N drafted tokens of highest
     path probability, expanding the W best nodes per depth up to depth L - 1 (beam_search.py).
+    seed: an int (every row) or one per row pins the sampled tokens: a seeded row gives the
+    same tokens alone or in any batch, with any drafter, shape or none (sampling.py); without
+    it, draws come from `generator` (None: torch's global RNG).
     Returns input_ids followed by the new tokens; rows that stop early (EOS) are padded with
     `pad_token_id`, as `model.generate` pads them.
     """
@@ -153,7 +190,9 @@ def generate(
     config = _spec_config(
         beam_width, beam_length, max_new_tokens, eos_token_id, adaptive, tree_nodes
     )
-    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+    params = _sampling(
+        len(prompts), temperature, top_k, top_p, min_p, repetition_penalty, seed, generator
+    )
     engine = _start(model, drafter, prompts, config, params, generator, retrieval)
     for _ in _steps(engine, len(prompts), streamer, prompts[0]):
         pass
@@ -163,6 +202,10 @@ def generate(
 
 
 def _spec_config(W, L, max_new_tokens, eos_token_id, adaptive, tree_nodes) -> SpecConfig:
+    check(
+        isinstance(adaptive, (bool, PolicyConfig)),
+        f"adaptive must be true or false or a PolicyConfig, got {adaptive!r}",
+    )
     policy = adaptive if isinstance(adaptive, PolicyConfig) else None
     return SpecConfig(
         W, L, max_new_tokens, eos_token_id, adaptive=bool(adaptive), policy=policy,

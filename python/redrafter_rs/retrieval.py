@@ -371,6 +371,10 @@ def build_datastore(documents: Iterable[str | Sequence[int]], tokenizer=None) ->
         parts.append(np.array([-1], dtype=np.int64))
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     check(bool((tokens >= -1).all()), "build_datastore: token ids must be >= 0")
+    check(
+        bool((tokens >= 0).any()),
+        f"build_datastore: nothing to index: the {len(parts) // 2} document(s) hold no tokens",
+    )
     return _core.Datastore.build(tokens)
 
 
@@ -404,12 +408,20 @@ def _tokenizer(name: str):
         if not (path / "tokenizer_config.json").is_file():
             return load_default_model()[1]  # converts the shipped GGUF once
         name = str(path)
-    return AutoTokenizer.from_pretrained(name)
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise RedrafterError(
+            f"--tokenizer {name!r}: cannot load a tokenizer from it (a local directory with "
+            f"tokenizer files, or 'default'; no model hub is reached): {e}"
+        ) from e
 
 
 def cmd_datastore_build(args: argparse.Namespace) -> int:
     """Build a retrieval datastore from text (.txt: one document) or JSONL files."""
     t = time.perf_counter()
+    for path in map(Path, args.inputs):
+        check(path.is_file(), f"datastore build: {path} not found")
     tok = _tokenizer(args.tokenizer)
     store = build_datastore(read_documents(args.inputs, args.field), tok)
     store.save(args.output)

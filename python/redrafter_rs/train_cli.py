@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from redrafter_rs._validate import arg_int, nonnegative_int, positive_float, positive_int
 from redrafter_rs.errors import RedrafterError, check
 
 _TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".jsonl"}
@@ -30,7 +31,9 @@ def add_train_parser(sub) -> None:
     )
     data = p.add_argument_group("data")
     data.add_argument("--model", default=None, help="HF model directory (default: SmolLM2-135M)")
-    data.add_argument("--instructions", type=int, default=0, help="built-in prompts to answer")
+    data.add_argument(
+        "--instructions", type=nonnegative_int, default=0, help="built-in prompts to answer"
+    )
     data.add_argument("--docs", default=None, help="doc tree whose passages become prompts too")
     data.add_argument(
         "--sampled-prompts",
@@ -49,12 +52,20 @@ def add_train_parser(sub) -> None:
     data.add_argument("--data", nargs="*", default=[], help="text files, directories, JSONL")
     data.add_argument("--self-distill", action="store_true", help="answer --data JSONL prompts")
     data.add_argument("--cache", default=None, help="teacher cache root directory")
-    data.add_argument("--max-new-tokens", type=int, default=128, help="answer length")
-    data.add_argument("--gen-batch", type=int, default=48, help="prompts answered per batch")
-    data.add_argument("--top-k", type=int, default=16, help="teacher logits kept per position")
-    data.add_argument("--window", type=int, default=256, help="teacher-forcing window (tokens)")
+    data.add_argument("--max-new-tokens", type=positive_int, default=128, help="answer length")
+    data.add_argument(
+        "--gen-batch", type=positive_int, default=48, help="prompts answered per batch"
+    )
+    data.add_argument(
+        "--top-k", type=positive_int, default=16, help="teacher logits kept per position"
+    )
+    data.add_argument(
+        "--window", type=positive_int, default=256, help="teacher-forcing window (tokens)"
+    )
     data.add_argument("--gen-only", action="store_true", help="build the caches, do not train")
-    data.add_argument("--gen-budget", type=float, default=None, help="minutes of generation")
+    data.add_argument(
+        "--gen-budget", type=positive_float, default=None, help="minutes of generation"
+    )
     data.add_argument(
         "--gen-shard",
         type=_shard,
@@ -66,7 +77,9 @@ def add_train_parser(sub) -> None:
     )
     data.add_argument("--caches", nargs="*", default=[], help="existing teacher caches to use")
     m = p.add_argument_group("drafter")
-    m.add_argument("--exit-dim", type=int, default=None, help="residual width (default 2H)")
+    m.add_argument(
+        "--exit-dim", type=positive_int, default=None, help="residual width (default 2H)"
+    )
     m.add_argument(
         "--layers",
         type=int,
@@ -78,7 +91,9 @@ def add_train_parser(sub) -> None:
         "--draft-vocab", type=int, default=8192,
         help="0: the full vocabulary; with --init, a size above the init drafter's grows its head",
     )  # fmt: skip
-    m.add_argument("--beam-length", "-L", type=int, default=5, help="L (includes the root)")
+    m.add_argument(
+        "--beam-length", "-L", type=positive_int, default=5, help="L (includes the root)"
+    )
     m.add_argument(
         "--init",
         default=None,
@@ -88,25 +103,31 @@ def add_train_parser(sub) -> None:
     )
     t = p.add_argument_group("training")
     t.add_argument("--out", default=None, help="run directory (checkpoint.pt, drafter/)")
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--steps", type=positive_int, default=1000)
+    t.add_argument("--batch-size", type=positive_int, default=256)
+    t.add_argument("--lr", type=positive_float, default=2e-3)
     t.add_argument(
         "--hard-weight",
         type=float,
         default=0.0,
         help="add this x cross-entropy on the target's top-1 token to the KL loss",
     )
-    t.add_argument("--warmup", type=int, default=50)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--warmup", type=nonnegative_int, default=50)
+    t.add_argument("--seed", type=arg_int(), default=0)
     t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
-    t.add_argument("--ckpt-every", type=int, default=200)
-    t.add_argument("--eval-every", type=int, default=0, help="τ on held-out prompts every N")
-    t.add_argument("--eval-prompts", type=int, default=4)
-    t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--time-budget", type=float, default=None, help="minutes; then checkpoint")
-    t.add_argument("--stop-after", type=int, default=None, help="end this run at this step")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--ckpt-every", type=positive_int, default=200)
+    t.add_argument(
+        "--eval-every", type=nonnegative_int, default=0, help="τ on held-out prompts every N"
+    )
+    t.add_argument("--eval-prompts", type=positive_int, default=4)
+    t.add_argument("--log-every", type=positive_int, default=10)
+    t.add_argument(
+        "--time-budget", type=positive_float, default=None, help="minutes; then checkpoint"
+    )
+    t.add_argument(
+        "--stop-after", type=positive_int, default=None, help="end this run at this step"
+    )
+    t.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     t.add_argument("--export", default=None, help="write the trained drafter here")
     t.add_argument("--export-dtype", choices=sorted(_DTYPES), default="float16")
     p.set_defaults(func=cmd_train)
