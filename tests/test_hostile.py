@@ -1,14 +1,24 @@
 """Hostile and careless use (issue #20): every probe that once crashed, lost a result, ignored
 a limit or leaked a raw exception, kept as a regression test. Each bad input must raise
 `RedrafterError` naming the argument (or, on the command line, print a message and exit 2)
-before any model work starts. The Rust core's probes are in test_hostile_core.py."""
+before any model work starts.
+
+The Rust core through its binding (last section): sizes no machine could hold are refused with a
+`RedrafterError` naming the limit, and a negative integer argument is a `RedrafterError` naming
+the argument, never pyo3's `OverflowError`. The oversized cases run in a child process, so that a
+regression (an aborted allocation) fails the test instead of killing the test run."""
 
 from __future__ import annotations
 
 import json
+import struct
+import subprocess
+import sys
 import threading
 import warnings
+import zlib
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -16,7 +26,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import redrafter_rs as rr
 from helpers import OracleDrafter
-from redrafter_rs import cli
+from redrafter_rs import RedrafterError, _core, cli
 from redrafter_rs.drafter import CHECKSUM_KEY, CONFIG_NAME, WEIGHTS_NAME
 
 PROMPT = torch.tensor([[5, 6, 7, 8, 9]])
@@ -325,3 +335,175 @@ def test_datastore_build_on_an_empty_corpus(tmp_path, capsys):
     assert not (tmp_path / "x.rrds").exists()
     with pytest.raises(rr.RedrafterError, match="nothing to index"):
         build_datastore([[], []])
+
+
+# ---- the Rust core through its binding ------------------------------------------------------
+MAX_MASK_ELEMENTS = 1 << 30
+MAX_QUERY_TOKENS = 1 << 24
+
+CHILD = """
+import numpy as np
+from redrafter_rs import RedrafterError, _core
+try:
+    _core.pack_beams(np.zeros({shape!r}, np.int64))
+except RedrafterError as e:
+    print("RedrafterError:", e)
+else:
+    print("no error")
+"""
+
+
+@pytest.mark.parametrize(
+    ("shape", "nodes"),
+    [
+        ((1, 1, 10**6), 10**6),  # one chain of a million nodes: a 10**12-element mask
+        ((1, 1, 300_000), 300_000),
+        ((3_000, 1, 1_000), 1_000),  # many moderate rows: B * N**2 = 3e9
+    ],
+)
+def test_oversized_mask_is_an_error_not_an_abort(shape, nodes):
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD.format(shape=shape)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    out = proc.stdout.strip()
+    assert out.startswith("RedrafterError: beams:"), out
+    requested = shape[0] * nodes * nodes
+    assert f"would hold {requested} elements" in out, out
+    assert f"more than the limit of {MAX_MASK_ELEMENTS} (MAX_MASK_ELEMENTS)" in out, out
+
+
+def test_mask_just_under_the_limit_still_packs():
+    # ended beams keep N small even when W * L is large
+    beams = np.full((1, 4, 50_000), -1, dtype=np.int64)
+    beams[:, :, 0] = 3
+    beams[:, 1, 1] = 4
+    tree = _core.pack_beams(beams)
+    assert tree.max_nodes == 2 and tree.mask.shape == (1, 2, 2)
+
+
+def _automaton() -> _core.SuffixAutomaton:
+    return _core.SuffixAutomaton(np.array([1, 2, 3, 1, 2], dtype=np.int64))
+
+
+def _datastore() -> _core.Datastore:
+    return _core.Datastore.build(np.array([1, 2, 3, -1, 1, 2, 4], dtype=np.int64))
+
+
+CTX = np.array([1, 2], dtype=np.int64)
+BEAMS = np.array([[[5, 6, 7], [5, 6, 8]]], dtype=np.int64)
+
+
+def _calls():
+    """(label, argument name, call with that argument = -1)."""
+    query_args = ["k", "length", "min_match", "count_cap", "max_levels"]
+    for arg in query_args:
+        yield f"SuffixAutomaton.query:{arg}", arg, lambda a=arg: _automaton().query(**{a: -1})
+        yield (
+            f"SuffixAutomaton.query(context):{arg}",
+            arg,
+            lambda a=arg: _automaton().query(context=CTX, **{a: -1}),
+        )
+        yield f"Datastore.query:{arg}", arg, lambda a=arg: _datastore().query(CTX, **{a: -1})
+    for arg in query_args[2:]:
+        yield (
+            f"retrieve:{arg}",
+            arg,
+            lambda a=arg: _core.retrieve([_automaton()], 2, 3, datastore=_datastore(), **{a: -1}),
+        )
+    yield "retrieve:k", "k", lambda: _core.retrieve([_automaton()], -1, 3)
+    yield "retrieve:length", "length", lambda: _core.retrieve([_automaton()], 2, -1)
+    yield "SuffixAutomaton.count:cap", "cap", lambda: _automaton().count(CTX, cap=-1)
+    yield "Datastore.count:cap", "cap", lambda: _datastore().count(CTX, -1)
+    yield "pack_beams:vocab_size", "vocab_size", lambda: _core.pack_beams(BEAMS, vocab_size=-1)
+    yield "pack_beams:vocab_size(kw-less)", "vocab_size", lambda: _core.pack_beams(BEAMS, -1)
+
+
+CALLS = list(_calls())
+
+
+@pytest.mark.parametrize(("arg", "call"), [c[1:] for c in CALLS], ids=[c[0] for c in CALLS])
+def test_negative_int_arguments_raise_redrafter_error(arg, call):
+    with pytest.raises(RedrafterError, match=rf"^{arg} must be >= \d+, got -1$"):
+        call()
+
+
+def test_negative_ints_are_value_errors_not_overflow_errors():
+    with pytest.raises(ValueError) as info:
+        _datastore().query(CTX, k=-1)
+    assert not isinstance(info.value, OverflowError)
+    assert isinstance(info.value, RedrafterError)
+
+
+def test_vocab_size_zero_is_refused_and_positive_still_works():
+    with pytest.raises(RedrafterError, match="vocab_size must be >= 1, got 0"):
+        _core.pack_beams(BEAMS, vocab_size=0)
+    assert _core.pack_beams(BEAMS, vocab_size=9).max_nodes == 4
+    with pytest.raises(RedrafterError, match=r"beams\[0, 1, 2\] = 8 is out of range"):
+        _core.pack_beams(BEAMS, vocab_size=8)
+
+
+def test_zero_and_huge_caps_are_accepted():
+    sam, ds = _automaton(), _datastore()
+    assert sam.count(np.array([1, 2], dtype=np.int64), cap=0) == 0
+    assert sam.count(np.array([1, 2], dtype=np.int64), cap=2**40) == 2
+    assert ds.count(np.array([1, 2], dtype=np.int64), 2**40) == 2
+    got = ds.query(CTX, k=0, length=0, min_match=0, count_cap=0, max_levels=0)
+    assert got.tokens.shape == (0, 0)
+    assert ds.query(CTX, count_cap=2**40).num.item() >= 1
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: _automaton().query(k=4, length=10**9),
+        lambda: _automaton().query(k=2**40, length=1),
+        lambda: _automaton().query(context=CTX, length=2**62),
+        lambda: _datastore().query(CTX, k=1, length=MAX_QUERY_TOKENS + 1),
+        lambda: _core.retrieve([_automaton()], 2**30, 2**30),
+    ],
+)
+def test_oversized_queries_name_the_limit(call):
+    with pytest.raises(RedrafterError, match=rf"more than the limit of {MAX_QUERY_TOKENS}"):
+        call()
+
+
+def test_oversized_batches_name_the_limit():
+    # each row's k * length is fine; the [B, k, length] output is not
+    rows = [_automaton() for _ in range(3)]
+    with pytest.raises(RedrafterError, match=r"3 rows.*\(MAX_QUERY_TOKENS\)"):
+        _core.retrieve(rows, 4, 2**21)
+    assert _core.retrieve(rows, 2, 3).tokens.shape == (3, 2, 3)
+
+
+def _reseal(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize(
+    ("offset", "value"),
+    [(32, 2**64 - 1), (40, 2**64 - 1), (32, 2**40), (40, 2**61)],
+)
+def test_datastore_files_claiming_huge_arrays_are_refused(tmp_path, offset, value):
+    good = tmp_path / "good.ds"
+    _datastore().save(good)
+    data = bytearray(good.read_bytes())
+    struct.pack_into("<Q", data, offset, value)
+    bad = tmp_path / "bad.ds"
+    bad.write_bytes(_reseal(bytes(data[:-4])))
+    with pytest.raises(RedrafterError, match="truncated or oversized"):
+        _core.Datastore.load(bad)
+
+
+def test_datastore_with_bogus_token_counts_is_refused(tmp_path):
+    good = tmp_path / "good.ds"
+    _datastore().save(good)
+    data = bytearray(good.read_bytes())
+    struct.pack_into("<Q", data, 16, 2**63)  # T: corpus tokens
+    bad = tmp_path / "bad.ds"
+    bad.write_bytes(_reseal(bytes(data[:-4])))
+    with pytest.raises(RedrafterError, match="inconsistent content"):
+        _core.Datastore.load(bad)

@@ -9,7 +9,8 @@ import numpy.typing as npt
 __version__: str
 
 class RedrafterError(ValueError):
-    """Invalid input to a redrafter-rs operation (shape, dtype, token range, sizes)."""
+    """Invalid input to a redrafter-rs operation (shape, dtype, token range, sizes, a negative
+    integer argument, or a size past a documented limit)."""
 
 class Tree:
     """Packed prefix tree of a batch of beams (result of `pack_beams`)."""
@@ -74,7 +75,10 @@ class Acceptance:
 
 def pack_beams(beams: npt.NDArray[np.int64], vocab_size: int | None = None) -> Tree:
     """Pack beams [B, W, L] into a prefix tree; beams sharing a prefix share nodes. A beam may
-    end early: -1 from some depth >= 1 on (no nodes; never accepted past its end)."""
+    end early: -1 from some depth >= 1 on (no nodes; never accepted past its end).
+
+    `vocab_size` must be >= 1. A tree whose [B, N, N] mask would hold more than 2**30 elements
+    (MAX_MASK_ELEMENTS) raises RedrafterError naming the limit and the requested size."""
 
 def accept(tree: Tree, beams: npt.NDArray[np.int64], choice: npt.NDArray[np.int64]) -> Acceptance:
     """Walk the tree following the target's choice [B, N]; longest matching prefix + bonus."""
@@ -120,9 +124,11 @@ class SuffixAutomaton:
         max_levels: int = 8,
     ) -> Candidates:
         """Up to `k` continuations of the text's end (or of `context`'s end), ranked by
-        (match length, frequency); continuations of the text's own end repeat periodically."""
+        (match length, frequency); continuations of the text's own end repeat periodically.
+        Every integer must be >= 0 (RedrafterError otherwise), and `k * length` at most 2**24
+        (MAX_QUERY_TOKENS)."""
     def count(self, pattern: npt.NDArray[np.int64], cap: int = ...) -> int:
-        """Occurrences of `pattern` in the text, at most `cap`."""
+        """Occurrences of `pattern` in the text, at most `cap` (>= 0)."""
     def tokens(self) -> npt.NDArray[np.int64]:
         """The indexed tokens (a copy)."""
     @property
@@ -151,9 +157,10 @@ class Datastore:
         count_cap: int = ...,
         max_levels: int = 8,
     ) -> Candidates:
-        """Up to `k` continuations of `context` from the corpus."""
+        """Up to `k` continuations of `context` from the corpus. Every integer must be >= 0
+        (RedrafterError otherwise), and `k * length` at most 2**24 (MAX_QUERY_TOKENS)."""
     def count(self, pattern: npt.NDArray[np.int64], cap: int = ...) -> int:
-        """Occurrences of `pattern` in the corpus, at most `cap`."""
+        """Occurrences of `pattern` in the corpus, at most `cap` (>= 0)."""
     @property
     def num_tokens(self) -> int: ...
     @property
@@ -173,7 +180,8 @@ def retrieve(
     max_levels: int = 8,
 ) -> Candidates:
     """Candidates for every row of a decode step in one call: tokens [B, k, length]; own text
-    and datastore candidates merged by (match length, count)."""
+    and datastore candidates merged by (match length, count). Every integer must be >= 0
+    (RedrafterError otherwise), and `B * k * length` at most 2**24 (MAX_QUERY_TOKENS)."""
 
 def linear_f32(
     x: npt.NDArray[np.float32],

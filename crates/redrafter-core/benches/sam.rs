@@ -95,7 +95,7 @@ fn bench_query(c: &mut Criterion) {
         let text = text_like(n + 3, 11);
         let sam = SuffixAutomaton::from_tokens(&text[..n]).unwrap();
         g.bench_with_input(BenchmarkId::new("query", n), &sam, |b, s| {
-            b.iter(|| s.query(black_box(&PARAMS)))
+            b.iter(|| s.query(black_box(&PARAMS)).unwrap())
         });
         // one decode step: extend by the 3 accepted tokens, then query (on a copy with spare
         // capacity, as a long-lived automaton has between its doublings)
@@ -108,7 +108,7 @@ fn bench_query(c: &mut Criterion) {
                 },
                 |mut s| {
                     s.extend(&text[n..n + 3]).unwrap();
-                    let q = s.query(&PARAMS);
+                    let q = s.query(&PARAMS).unwrap();
                     (s, q) // dropped after timing
                 },
                 BatchSize::LargeInput,
@@ -116,7 +116,7 @@ fn bench_query(c: &mut Criterion) {
         });
         let same = SuffixAutomaton::from_tokens(&vec![5i64; n]).unwrap();
         g.bench_with_input(BenchmarkId::new("query_all_same", n), &same, |b, s| {
-            b.iter(|| s.query(black_box(&PARAMS)))
+            b.iter(|| s.query(black_box(&PARAMS)).unwrap())
         });
         g.bench_with_input(BenchmarkId::new("scan_baseline", n), &text[..n], |b, t| {
             b.iter(|| scan_lookup(black_box(t), 4))

@@ -6,7 +6,7 @@
 //! bonus token is the target's choice at the last accepted node, so every step
 //! emits `num_accepted + 1` tokens, all of them the target's own.
 
-use crate::error::{check_len, fmt_index, Error, Result};
+use crate::error::{check_len, fmt_index, try_filled, Error, Result};
 use crate::tree::TreeView;
 
 /// Result of [`accept`] for a batch.
@@ -29,17 +29,19 @@ pub struct Acceptance {
 }
 
 impl Acceptance {
-    /// An all-padding result for `batch` rows of `length` tokens.
-    fn empty(batch: usize, length: usize) -> Self {
-        Acceptance {
+    /// An all-padding result for `batch` rows of `length` tokens, or
+    /// [`Error::OutOfMemory`] (an overflowing `batch * length` is refused the same way).
+    fn empty(batch: usize, length: usize) -> Result<Self> {
+        let cells = batch.saturating_mul(length);
+        Ok(Acceptance {
             batch,
             length,
-            best_beam: vec![0; batch],
-            num_accepted: vec![0; batch],
-            path: vec![-1; batch * length],
-            tokens: vec![-1; batch * length],
-            bonus: vec![0; batch],
-        }
+            best_beam: try_filled("tree", "acceptance.best_beam", 0, batch)?,
+            num_accepted: try_filled("tree", "acceptance.num_accepted", 0, batch)?,
+            path: try_filled("tree", "acceptance.path", -1, cells)?,
+            tokens: try_filled("tree", "acceptance.tokens", -1, cells)?,
+            bonus: try_filled("tree", "acceptance.bonus", 0, batch)?,
+        })
     }
 }
 
@@ -52,11 +54,12 @@ impl Acceptance {
 ///
 /// Errors: [`Error::Shape`] (naming `"choice"` or a `"tree.*"` array) on wrong
 /// shapes, [`Error::TokenRange`] for a negative choice at a real node,
-/// [`Error::Inconsistent`] when the tree's indices are out of range. Never panics.
+/// [`Error::Inconsistent`] when the tree's indices are out of range, [`Error::OutOfMemory`]
+/// when the result cannot be allocated. Never panics.
 pub fn accept(tree: &TreeView<'_>, choice: &[i64], choice_shape: [usize; 2]) -> Result<Acceptance> {
     tree.validate_shapes()?;
     check_choice_shape(tree, choice, choice_shape)?;
-    let mut out = Acceptance::empty(tree.batch, tree.length);
+    let mut out = Acceptance::empty(tree.batch, tree.length)?;
     for b in 0..tree.batch {
         let row = RowView::new(tree, choice, b)?;
         row.accept_into(&mut out, b);

@@ -34,10 +34,10 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{try_filled, try_with_capacity, Error, Result};
 use crate::sam::{
     advance, check_tokens, collect, match_suffix, Candidate, Graph, QueryParams, SuffixAutomaton,
-    NONE, ROOT,
+    MAX_TOKENS, NONE, ROOT,
 };
 
 /// First 8 bytes of every datastore file.
@@ -79,7 +79,8 @@ impl Cursor {
 impl Datastore {
     /// Indexes `tokens`; negative ids separate documents (all become `-1`).
     ///
-    /// Errors: [`Error::Shape`] past [`crate::MAX_TOKENS`] tokens.
+    /// Errors: [`Error::Shape`] past [`crate::MAX_TOKENS`] tokens, [`Error::OutOfMemory`]
+    /// when the automaton's or the frozen arrays' memory cannot be reserved.
     pub fn build(tokens: &[i64]) -> Result<Self> {
         let mut sam = SuffixAutomaton::new();
         sam.reserve_tokens(tokens.len())?;
@@ -93,15 +94,17 @@ impl Datastore {
             in_doc = t >= 0;
             sam.push(t);
         }
-        Ok(Self::freeze(&sam, docs))
+        Self::freeze(&sam, docs)
     }
 
     /// Copies an automaton into the frozen layout, with exact occurrence counts.
-    fn freeze(sam: &SuffixAutomaton, num_docs: u64) -> Self {
+    fn freeze(sam: &SuffixAutomaton, num_docs: u64) -> Result<Self> {
         let n = sam.states.len();
-        let mut edge_token = Vec::with_capacity(sam.edges.len());
-        let mut edge_target = Vec::with_capacity(sam.edges.len());
-        let mut edge_start = Vec::with_capacity(n + 1);
+        let e = sam.edges.len();
+        let arg = "tokens";
+        let mut edge_token = try_with_capacity(arg, "datastore.edge_token", e)?;
+        let mut edge_target = try_with_capacity(arg, "datastore.edge_target", e)?;
+        let mut edge_start = try_with_capacity(arg, "datastore.edge_start", n.saturating_add(1))?;
         let mut row: Vec<(i64, u32)> = Vec::new();
         for st in &sam.states {
             edge_start.push(edge_token.len() as u32);
@@ -122,39 +125,48 @@ impl Datastore {
         // Occurrences: each prefix state counts once for itself and every suffix-link ancestor;
         // push counts up in order of decreasing length (a counting sort by length).
         let max_len = sam.states.iter().map(|s| s.len as usize).max().unwrap_or(0);
-        let mut by_len = vec![0usize; max_len + 2];
+        // max_len <= MAX_TOKENS, so this cannot saturate.
+        let mut by_len = try_filled(arg, "the state order", 0usize, max_len.saturating_add(2))?;
         for st in &sam.states {
             by_len[st.len as usize + 1] += 1;
         }
         for i in 1..by_len.len() {
             by_len[i] += by_len[i - 1];
         }
-        let mut order = vec![0u32; n];
+        let mut order = try_filled(arg, "the state order", 0u32, n)?;
         for (i, st) in sam.states.iter().enumerate() {
             order[by_len[st.len as usize]] = i as u32;
             by_len[st.len as usize] += 1;
         }
-        let mut counts: Vec<u64> = sam.states.iter().map(|s| u64::from(s.own)).collect();
+        drop(by_len);
+        let mut counts: Vec<u64> = try_with_capacity(arg, "the occurrence counts", n)?;
+        counts.extend(sam.states.iter().map(|s| u64::from(s.own)));
         for &s in order.iter().rev() {
             let link = sam.states[s as usize].link;
             if link != NONE {
                 counts[link as usize] += counts[s as usize];
             }
         }
-        Self {
+        drop(order);
+        let per_state =
+            |what: &'static str, f: fn(&crate::sam::State) -> u32| -> Result<Vec<u32>> {
+                let mut v = try_with_capacity(arg, what, n)?;
+                v.extend(sam.states.iter().map(f));
+                Ok(v)
+            };
+        let mut count = try_with_capacity(arg, "datastore.count", n)?;
+        count.extend(counts.iter().map(|&c| u32::try_from(c).unwrap_or(u32::MAX)));
+        Ok(Self {
             num_tokens: sam.len() as u64,
             num_docs,
             edge_token,
             edge_target,
             edge_start,
-            len: sam.states.iter().map(|s| s.len).collect(),
-            link: sam.states.iter().map(|s| s.link).collect(),
-            first_end: sam.states.iter().map(|s| s.first_end).collect(),
-            count: counts
-                .into_iter()
-                .map(|c| u32::try_from(c).unwrap_or(u32::MAX))
-                .collect(),
-        }
+            len: per_state("datastore.len", |s| s.len)?,
+            link: per_state("datastore.link", |s| s.link)?,
+            first_end: per_state("datastore.first_end", |s| s.first_end)?,
+            count,
+        })
     }
 
     /// Corpus tokens, separators included.
@@ -191,8 +203,10 @@ impl Datastore {
 
     /// Candidates continuing `context` with what followed it in the corpus.
     ///
-    /// Errors: [`Error::TokenRange`] (naming `"context"`) for a negative token.
+    /// Errors: [`Error::TokenRange`] (naming `"context"`) for a negative token,
+    /// [`Error::TooLarge`] when `k * length` exceeds [`crate::MAX_QUERY_TOKENS`].
     pub fn query(&self, context: &[i64], params: &QueryParams) -> Result<Vec<Candidate>> {
+        params.check()?;
         check_tokens("context", context)?;
         let (s, l) = match_suffix(self, context);
         Ok(collect(self, s, l, false, params))
@@ -213,8 +227,10 @@ impl Datastore {
 
     /// Candidates continuing the context `cursor` has followed.
     ///
-    /// Errors: [`Error::Inconsistent`] (naming `"cursor"`) for a cursor of another datastore.
+    /// Errors: [`Error::Inconsistent`] (naming `"cursor"`) for a cursor of another datastore,
+    /// [`Error::TooLarge`] when `k * length` exceeds [`crate::MAX_QUERY_TOKENS`].
     pub fn query_at(&self, cursor: &Cursor, params: &QueryParams) -> Result<Vec<Candidate>> {
+        params.check()?;
         self.check_cursor(cursor)?;
         Ok(collect(self, cursor.state, cursor.matched, false, params))
     }
@@ -282,7 +298,11 @@ impl Datastore {
                 HEADER_BYTES + 4
             )));
         }
-        let mut r = Reader { bytes, pos: 0 };
+        let mut r = Reader {
+            bytes,
+            pos: 0,
+            origin,
+        };
         if r.take(8)? != MAGIC {
             return Err(fail(
                 "not a redrafter-rs datastore (bad magic bytes; expected \"RRSAMDS\\0\")".into(),
@@ -326,21 +346,19 @@ impl Datastore {
         if flags != 0 {
             return Err(fail(format!("unsupported flags {flags:#x} (expected 0)")));
         }
-        // The size check bounds both counts by the file size, so these fit in usize.
+        // The size check bounds both counts by the file size, so these fit in usize; every
+        // array read below is checked against the bytes that remain before it allocates.
         let (s, e) = (s64 as usize, e64 as usize);
-        let edge_token = r.take(8 * e)?.chunks_exact(8).map(le_i64).collect();
-        let edge_target = r.u32s(e)?;
-        let edge_start = r.u32s(s + 1)?;
         let ds = Self {
             num_tokens,
             num_docs,
-            edge_token,
-            edge_target,
-            edge_start,
-            len: r.u32s(s)?,
-            link: r.u32s(s)?,
-            first_end: r.u32s(s)?,
-            count: r.u32s(s)?,
+            edge_token: r.i64s(e, "edge_token")?,
+            edge_target: r.u32s(e, "edge_target")?,
+            edge_start: r.u32s(s.saturating_add(1), "edge_start")?,
+            len: r.u32s(s, "len")?,
+            link: r.u32s(s, "link")?,
+            first_end: r.u32s(s, "first_end")?,
+            count: r.u32s(s, "count")?,
         };
         ds.validate()
             .map_err(|m| fail(format!("inconsistent content: {m}")))?;
@@ -352,6 +370,13 @@ impl Datastore {
         let (s, e) = (self.len.len(), self.edge_token.len());
         if s == 0 || s >= NONE as usize || e > u32::MAX as usize {
             return Err(format!("{s} states / {e} transitions is out of range"));
+        }
+        if self.num_tokens > MAX_TOKENS as u64 || self.num_docs > self.num_tokens {
+            return Err(format!(
+                "{} tokens / {} documents is out of range (at most {MAX_TOKENS} tokens, and no \
+                 more documents than tokens)",
+                self.num_tokens, self.num_docs
+            ));
         }
         if self.len[0] != 0 || self.link[0] != NONE {
             return Err("state 0 is not the root (len 0, no suffix link)".into());
@@ -454,26 +479,39 @@ impl Datastore {
     }
 }
 
-/// Sequential little-endian reads that fail instead of panicking.
+/// Sequential little-endian reads that fail instead of panicking. An array's length is
+/// checked against the bytes that remain before anything is allocated for it, so a length
+/// field can never ask for more memory than the buffer itself holds.
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Names the buffer in errors.
+    origin: &'a str,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        match end {
-            Some(end) => {
-                let out = &self.bytes[self.pos..end];
-                self.pos = end;
+    /// The next `n` bytes, or a "truncated" error naming `what`.
+    fn take_for(&mut self, n: Option<usize>, what: &str) -> Result<&'a [u8]> {
+        let remaining = self.bytes.len() - self.pos;
+        match n.filter(|&n| n <= remaining) {
+            Some(n) => {
+                let out = &self.bytes[self.pos..self.pos + n];
+                self.pos += n;
                 Ok(out)
             }
-            None => Err(Error::Inconsistent {
-                arg: "datastore",
-                message: format!("read past the end at offset {}", self.pos),
+            None => Err(Error::Datastore {
+                path: self.origin.to_string(),
+                message: format!(
+                    "truncated: {what} needs {} bytes at offset {}, only {remaining} remain",
+                    n.map_or("more than 2^64".to_string(), |n| n.to_string()),
+                    self.pos
+                ),
             }),
         }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        self.take_for(Some(n), "the header")
     }
 
     fn u32(&mut self) -> Result<u32> {
@@ -485,12 +523,24 @@ impl<'a> Reader<'a> {
         Ok(le_i64(self.take(8)?) as u64)
     }
 
-    fn u32s(&mut self, n: usize) -> Result<Vec<u32>> {
-        let bytes = self.take(n.saturating_mul(4))?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+    /// `n` little-endian `u32`s (the array `what`).
+    fn u32s(&mut self, n: usize, what: &'static str) -> Result<Vec<u32>> {
+        let bytes = self.take_for(n.checked_mul(4), what)?;
+        let mut out = try_with_capacity("datastore", what, n)?;
+        out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
+        Ok(out)
+    }
+
+    /// `n` little-endian `i64`s (the array `what`).
+    fn i64s(&mut self, n: usize, what: &'static str) -> Result<Vec<i64>> {
+        let bytes = self.take_for(n.checked_mul(8), what)?;
+        let mut out = try_with_capacity("datastore", what, n)?;
+        out.extend(bytes.chunks_exact(8).map(le_i64));
+        Ok(out)
     }
 }
 
@@ -629,6 +679,58 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("bad magic"), "{err}");
+    }
+
+    /// Rewrites the checksum after a mutation, so the parser gets past it.
+    fn reseal(bytes: &mut [u8]) {
+        let body = bytes.len() - 4;
+        let crc = crc32(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn huge_header_counts_are_refused_before_allocating() {
+        let bytes = corpus().to_bytes();
+        for (at, value) in [(32, u64::MAX), (40, u64::MAX), (32, 1 << 40), (40, 1 << 61)] {
+            let mut bad = bytes.clone();
+            bad[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            reseal(&mut bad);
+            let err = Datastore::from_bytes(&bad, "x").unwrap_err().to_string();
+            assert!(err.contains("truncated or oversized"), "{err}");
+        }
+    }
+
+    #[test]
+    fn header_token_counts_are_checked() {
+        let bytes = corpus().to_bytes();
+        for (at, value) in [(16, u64::MAX), (24, 14)] {
+            let mut bad = bytes.clone();
+            bad[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            reseal(&mut bad);
+            let err = Datastore::from_bytes(&bad, "x").unwrap_err().to_string();
+            assert!(err.contains("documents is out of range"), "{err}");
+        }
+    }
+
+    #[test]
+    fn reader_refuses_lengths_past_the_end() {
+        let bytes = [0u8; 16];
+        let mut r = Reader {
+            bytes: &bytes,
+            pos: 4,
+            origin: "buf",
+        };
+        let err = r.u32s(usize::MAX, "len").unwrap_err().to_string();
+        assert!(
+            err.contains("truncated: len needs more than 2^64 bytes"),
+            "{err}"
+        );
+        let err = r.i64s(2, "edge_token").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "datastore buf: truncated: edge_token needs 16 bytes at offset 4, only 12 remain"
+        );
+        assert_eq!(r.u32s(3, "len").unwrap(), [0, 0, 0]);
     }
 
     #[test]

@@ -59,6 +59,33 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A buffer whose size follows from the caller's input would hold more elements than a
+    /// documented limit allows (like [`crate::MAX_MASK_ELEMENTS`] for the tree's mask).
+    TooLarge {
+        /// Name of the argument whose size is too large.
+        arg: &'static str,
+        /// The buffer and the sizes it follows from, like
+        /// `"the [B, N, N] ancestor mask (B = 1, N = 1000000)"`.
+        what: String,
+        /// Elements the buffer would hold; `None` when even `u128` cannot count them.
+        requested: Option<u128>,
+        /// The most elements allowed.
+        limit: usize,
+        /// Name of the public constant holding the limit, like `"MAX_MASK_ELEMENTS"`.
+        limit_name: &'static str,
+    },
+    /// Memory for a buffer whose size follows from the caller's input could not be reserved
+    /// (the allocator refused, or the size does not fit in the address space).
+    OutOfMemory {
+        /// Name of the argument the size follows from.
+        arg: &'static str,
+        /// The buffer, like `"tree.mask"`.
+        what: &'static str,
+        /// Elements requested.
+        elements: usize,
+        /// Bytes requested (saturating at `usize::MAX`).
+        bytes: usize,
+    },
     /// A retrieval datastore file (or byte buffer) that cannot be used: unreadable or
     /// unwritable, not a datastore, an unsupported version, truncated, a checksum mismatch or
     /// inconsistent content.
@@ -124,6 +151,29 @@ impl fmt::Display for Error {
             Error::Inconsistent { arg, message } => {
                 write!(f, "{arg}: inconsistent tree arrays: {message}")
             }
+            Error::TooLarge {
+                arg,
+                what,
+                requested,
+                limit,
+                limit_name,
+            } => {
+                let requested = requested.map_or("more than 2^128".to_string(), |n| n.to_string());
+                write!(
+                    f,
+                    "{arg}: {what} would hold {requested} elements, more than the limit of \
+                     {limit} ({limit_name})"
+                )
+            }
+            Error::OutOfMemory {
+                arg,
+                what,
+                elements,
+                bytes,
+            } => write!(
+                f,
+                "{arg}: cannot allocate {what} ({elements} elements, {bytes} bytes): out of memory"
+            ),
             Error::Datastore { path, message } => write!(f, "datastore {path}: {message}"),
         }
     }
@@ -148,6 +198,79 @@ pub(crate) fn fmt_expected(symbols: &str, dims: &[usize]) -> String {
 /// Product of the dims, or `None` on overflow.
 pub(crate) fn checked_product(dims: &[usize]) -> Option<usize> {
     dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// Product of the dims in `u128`, or `None` on overflow (sizes for [`Error::TooLarge`]).
+pub(crate) fn wide_product(dims: &[usize]) -> Option<u128> {
+    dims.iter()
+        .try_fold(1u128, |acc, &d| acc.checked_mul(d as u128))
+}
+
+/// Checks `prod(dims) <= limit`; on failure an [`Error::TooLarge`] whose `what` is built
+/// lazily. Returns the product.
+pub(crate) fn check_limit(
+    arg: &'static str,
+    what: impl FnOnce() -> String,
+    dims: &[usize],
+    limit: usize,
+    limit_name: &'static str,
+) -> Result<usize> {
+    let requested = wide_product(dims);
+    match requested {
+        Some(n) if n <= limit as u128 => Ok(n as usize),
+        _ => Err(Error::TooLarge {
+            arg,
+            what: what(),
+            requested,
+            limit,
+            limit_name,
+        }),
+    }
+}
+
+/// The [`Error::OutOfMemory`] for `elements` values of `T`.
+fn out_of_memory<T>(arg: &'static str, what: &'static str, elements: usize) -> Error {
+    Error::OutOfMemory {
+        arg,
+        what,
+        elements,
+        bytes: elements.saturating_mul(std::mem::size_of::<T>()),
+    }
+}
+
+/// An empty `Vec` with room for exactly `capacity` elements, or [`Error::OutOfMemory`]
+/// instead of the abort of `Vec::with_capacity` when the allocator refuses.
+pub(crate) fn try_with_capacity<T>(
+    arg: &'static str,
+    what: &'static str,
+    capacity: usize,
+) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    try_reserve(&mut v, arg, what, capacity)?;
+    Ok(v)
+}
+
+/// `vec![value; len]`, or [`Error::OutOfMemory`] when the allocator refuses.
+pub(crate) fn try_filled<T: Clone>(
+    arg: &'static str,
+    what: &'static str,
+    value: T,
+    len: usize,
+) -> Result<Vec<T>> {
+    let mut v = try_with_capacity(arg, what, len)?;
+    v.resize(len, value);
+    Ok(v)
+}
+
+/// Reserves room for `additional` more elements of `v`, or [`Error::OutOfMemory`].
+pub(crate) fn try_reserve<T>(
+    v: &mut Vec<T>,
+    arg: &'static str,
+    what: &'static str,
+    additional: usize,
+) -> Result<()> {
+    v.try_reserve_exact(additional)
+        .map_err(|_| out_of_memory::<T>(arg, what, v.len().saturating_add(additional)))
 }
 
 /// Checks that a flat slice has exactly `prod(dims)` elements.
@@ -229,6 +352,39 @@ mod tests {
             e.to_string(),
             "choice[1, 0] = -1 is out of range: expected a token id >= 0"
         );
+    }
+
+    #[test]
+    fn limit_messages_name_the_limit_and_the_size() {
+        let e = check_limit("beams", || "a mask".into(), &[2, 3, 4], 20, "LIMIT").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "beams: a mask would hold 24 elements, more than the limit of 20 (LIMIT)"
+        );
+        assert_eq!(check_limit("x", String::new, &[2, 3, 4], 24, "L"), Ok(24));
+        let huge = [usize::MAX; 3];
+        let e = check_limit("x", || "it".into(), &huge, 1, "L").unwrap_err();
+        assert!(e.to_string().contains("more than 2^128 elements"), "{e}");
+    }
+
+    #[test]
+    fn refused_allocations_are_errors() {
+        let e = try_filled("beams", "tree.mask", 0u64, usize::MAX / 4).unwrap_err();
+        assert_eq!(
+            e,
+            Error::OutOfMemory {
+                arg: "beams",
+                what: "tree.mask",
+                elements: usize::MAX / 4,
+                bytes: usize::MAX,
+            }
+        );
+        assert!(e
+            .to_string()
+            .starts_with("beams: cannot allocate tree.mask ("));
+        assert_eq!(try_filled("a", "b", 7u8, 3), Ok(vec![7, 7, 7]));
+        let v: Vec<u8> = try_with_capacity("a", "b", 5).unwrap();
+        assert!(v.capacity() >= 5 && v.is_empty());
     }
 
     #[test]

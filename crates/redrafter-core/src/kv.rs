@@ -7,7 +7,7 @@
 //! of that window. Its cost is `O(B * L)`, never `O(context)`.
 
 use crate::accept::Acceptance;
-use crate::error::{Error, Result};
+use crate::error::{try_with_capacity, Error, Result};
 
 /// Per-row cache bookkeeping for one step (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,8 @@ pub struct KvPlan {
 ///
 /// Errors: [`Error::Inconsistent`] (naming `"acceptance"`) when the acceptance's
 /// arrays disagree with each other (wrong lengths, `num_accepted` out of `0..L`, or a
-/// negative path index). Never panics.
+/// negative path index), [`Error::OutOfMemory`] when the plan cannot be allocated. Never
+/// panics.
 pub fn plan_kv(acc: &Acceptance) -> Result<KvPlan> {
     let (b, l) = (acc.batch, acc.length);
     check_acceptance(acc)?;
@@ -41,13 +42,15 @@ pub fn plan_kv(acc: &Acceptance) -> Result<KvPlan> {
         .map(|&n| n as usize + 1)
         .max()
         .unwrap_or(1);
+    // width <= L and B * L == path.len() were checked, so this cannot saturate.
+    let cells = b.saturating_mul(width);
     let mut plan = KvPlan {
         batch: b,
         width,
-        gather: Vec::with_capacity(b * width),
-        valid: Vec::with_capacity(b * width),
-        kept: Vec::with_capacity(b),
-        last_node: Vec::with_capacity(b),
+        gather: try_with_capacity("acceptance", "kv_gather", cells)?,
+        valid: try_with_capacity("acceptance", "kv_valid", cells)?,
+        kept: try_with_capacity("acceptance", "kept", b)?,
+        last_node: try_with_capacity("acceptance", "last_node", b)?,
     };
     for row in 0..b {
         let kept = acc.num_accepted[row] as usize + 1;

@@ -2,7 +2,9 @@
 //! lossless acceptance rule of ReDrafter speculative decoding.
 //!
 //! Every function works on flat row-major `i64` slices plus an explicit shape,
-//! validates its input with typed [`Error`]s and never panics on caller input.
+//! validates its input with typed [`Error`]s and never panics on caller input. Sizes that the
+//! input asks for are bounded ([`MAX_MASK_ELEMENTS`], [`MAX_QUERY_TOKENS`], [`MAX_TOKENS`]) and
+//! reserved fallibly, so an oversized request is an [`Error`], never an aborted process.
 //!
 //! * [`pack_beams`] turns `W` draft beams of `L` tokens per batch row into a packed
 //!   prefix [`Tree`] (shared prefixes become shared nodes), with the ancestor
@@ -43,5 +45,7 @@ pub use accept::{accept, Acceptance};
 pub use datastore::{crc32, Cursor, Datastore, FORMAT_VERSION, MAGIC};
 pub use error::{Error, Result};
 pub use kv::{plan_kv, KvPlan};
-pub use sam::{merge_candidates, Candidate, QueryParams, SuffixAutomaton, MAX_TOKENS};
-pub use tree::{pack_beams, Tree, TreeView, BEAM_END};
+pub use sam::{
+    merge_candidates, Candidate, QueryParams, SuffixAutomaton, MAX_QUERY_TOKENS, MAX_TOKENS,
+};
+pub use tree::{pack_beams, Tree, TreeView, BEAM_END, MAX_MASK_ELEMENTS};

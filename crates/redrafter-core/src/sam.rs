@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::error::{fmt_index, Error, Result};
+use crate::error::{check_limit, fmt_index, try_reserve, Error, Result};
 
 /// "No state" (the root's suffix link, an empty list).
 pub(crate) const NONE: u32 = u32::MAX;
@@ -39,6 +39,12 @@ pub(crate) const NONE: u32 = u32::MAX;
 pub(crate) const ROOT: u32 = 0;
 /// Most tokens one automaton (or datastore) holds: states stay below `2^32 - 1`.
 pub const MAX_TOKENS: usize = (1 << 31) - 2;
+/// Most candidate tokens one query may ask for: `k`, `length` and `k * length` are each at most
+/// `2^24` (the Python binding applies the bound to a whole batch, `rows * k * length`). Past
+/// it a query returns [`Error::TooLarge`] instead of trying to build (or, for the periodic
+/// continuation of an automaton's own text, actually producing) an output of that size. Real
+/// queries ask for a few candidates of a few tokens.
+pub const MAX_QUERY_TOKENS: usize = 1 << 24;
 
 /// Tunables of a retrieval query (see the module docs for the rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +59,22 @@ pub struct QueryParams {
     pub count_cap: u32,
     /// Suffix-link levels visited at most.
     pub max_levels: usize,
+}
+
+impl QueryParams {
+    /// Checks `max(k, 1) * max(length, 1) <= MAX_QUERY_TOKENS` ([`Error::TooLarge`] naming
+    /// `"k * length"`); every query calls it.
+    pub fn check(&self) -> Result<()> {
+        let (k, length) = (self.k, self.length);
+        check_limit(
+            "k * length",
+            || format!("a query for k = {k} candidates of length = {length} tokens"),
+            &[k.max(1), length.max(1)],
+            MAX_QUERY_TOKENS,
+            "MAX_QUERY_TOKENS",
+        )
+        .map(|_| ())
+    }
 }
 
 impl Default for QueryParams {
@@ -131,7 +153,8 @@ fn extend_path<G: Graph>(
     periodic: bool,
     scratch: &mut Vec<u32>,
 ) -> Vec<i64> {
-    let mut tokens = Vec::with_capacity(p.length);
+    // `length` is only an upper bound: most candidates stop early.
+    let mut tokens = Vec::with_capacity(p.length.min(64));
     tokens.push(token);
     let mut state = target;
     while tokens.len() < p.length {
@@ -316,7 +339,7 @@ pub(crate) struct Edge {
 /// sam.extend(&[5, 6, 7, 8, 5, 6])?;
 /// // "5 6" occurred before, followed by "7 8 5 6".
 /// let params = QueryParams { k: 2, length: 3, ..QueryParams::default() };
-/// let cands = sam.query(&params);
+/// let cands = sam.query(&params)?;
 /// assert_eq!(cands[0].tokens, [7, 8, 5]);
 /// assert_eq!(cands[0].match_len, 2);
 /// # Ok::<(), redrafter_core::Error>(())
@@ -373,12 +396,20 @@ impl SuffixAutomaton {
     /// Reserves room for `additional` more tokens (states, transitions and their index), so
     /// that extending by that many never reallocates.
     ///
-    /// Errors: [`Error::Shape`] past [`MAX_TOKENS`].
+    /// Errors: [`Error::Shape`] past [`MAX_TOKENS`], [`Error::OutOfMemory`] when the memory
+    /// cannot be reserved (the automaton is unchanged apart from spare capacity).
     pub fn reserve(&mut self, additional: usize) -> Result<()> {
         self.reserve_tokens(additional)?;
-        self.edges.reserve(additional.saturating_mul(3));
-        self.index.reserve(additional.saturating_mul(3));
-        Ok(())
+        let edges = additional.saturating_mul(3);
+        try_reserve(&mut self.edges, "tokens", "automaton transitions", edges)?;
+        self.index
+            .try_reserve(edges)
+            .map_err(|_| Error::OutOfMemory {
+                arg: "tokens",
+                what: "the automaton's transition index",
+                elements: edges,
+                bytes: edges.saturating_mul(std::mem::size_of::<((u32, i64), u32)>()),
+            })
     }
 
     /// Checks the size limit and reserves room for `extra` more tokens.
@@ -391,9 +422,9 @@ impl SuffixAutomaton {
                 got: format!("{total} tokens"),
             });
         }
-        self.text.reserve(extra);
-        self.states.reserve(extra.saturating_mul(2));
-        Ok(())
+        try_reserve(&mut self.text, "tokens", "the automaton's text", extra)?;
+        let states = extra.saturating_mul(2);
+        try_reserve(&mut self.states, "tokens", "automaton states", states)
     }
 
     /// Tokens indexed so far.
@@ -422,18 +453,23 @@ impl SuffixAutomaton {
     }
 
     /// Candidates continuing the text's own end (module docs, with periodic extension).
-    pub fn query(&self, params: &QueryParams) -> Vec<Candidate> {
+    ///
+    /// Errors: [`Error::TooLarge`] when `k * length` exceeds [`MAX_QUERY_TOKENS`].
+    pub fn query(&self, params: &QueryParams) -> Result<Vec<Candidate>> {
+        params.check()?;
         let start = self.states[self.last as usize].link;
         if start == NONE {
-            return Vec::new(); // empty text
+            return Ok(Vec::new()); // empty text
         }
-        collect(self, start, self.state_len(start), true, params)
+        Ok(collect(self, start, self.state_len(start), true, params))
     }
 
     /// Candidates continuing `context` with what followed it in this automaton's text.
     ///
-    /// Errors: [`Error::TokenRange`] (naming `"context"`) for a negative token.
+    /// Errors: [`Error::TokenRange`] (naming `"context"`) for a negative token,
+    /// [`Error::TooLarge`] when `k * length` exceeds [`MAX_QUERY_TOKENS`].
     pub fn query_context(&self, context: &[i64], params: &QueryParams) -> Result<Vec<Candidate>> {
+        params.check()?;
         check_tokens("context", context)?;
         let (s, l) = match_suffix(self, context);
         Ok(collect(self, s, l, false, params))
@@ -626,16 +662,16 @@ mod tests {
     fn empty_and_single_token() {
         let sam = SuffixAutomaton::new();
         assert!(sam.is_empty());
-        assert!(sam.query(&params(4, 4)).is_empty());
+        assert!(sam.query(&params(4, 4)).unwrap().is_empty());
         let sam = SuffixAutomaton::from_tokens(&[3]).unwrap();
         assert_eq!(sam.len(), 1);
-        assert!(sam.query(&params(4, 4)).is_empty());
+        assert!(sam.query(&params(4, 4)).unwrap().is_empty());
     }
 
     #[test]
     fn all_same_tokens_continue_periodically() {
         let sam = SuffixAutomaton::from_tokens(&[7; 50]).unwrap();
-        let c = sam.query(&params(3, 5));
+        let c = sam.query(&params(3, 5)).unwrap();
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].tokens, [7; 5]);
         assert_eq!(c[0].match_len, 49);
@@ -647,7 +683,7 @@ mod tests {
     fn periodic_phrase() {
         // "1 2 3" repeated: the suffix "1 2 3 1 2" occurred 3 tokens earlier.
         let sam = SuffixAutomaton::from_tokens(&[1, 2, 3, 1, 2, 3, 1, 2]).unwrap();
-        let c = sam.query(&params(1, 7));
+        let c = sam.query(&params(1, 7)).unwrap();
         assert_eq!(c[0].tokens, [3, 1, 2, 3, 1, 2, 3]);
         assert_eq!(c[0].match_len, 5);
     }
@@ -657,7 +693,7 @@ mod tests {
         // after "9": 4 (twice), 5 (once); the longest match "8 9" is followed by 5.
         let text = [9, 4, 0, 9, 4, 1, 8, 9, 5, 2, 8, 9];
         let sam = SuffixAutomaton::from_tokens(&text).unwrap();
-        let c = sam.query(&params(3, 2));
+        let c = sam.query(&params(3, 2)).unwrap();
         assert_eq!(c[0].tokens, [5, 2]);
         assert_eq!((c[0].match_len, c[0].count), (2, 1));
         assert_eq!(c[1].tokens[0], 4);
@@ -675,6 +711,39 @@ mod tests {
         );
         assert_eq!(sam.tokens(), [1, 2]);
         assert!(sam.query_context(&[-1], &params(1, 1)).is_err());
+    }
+
+    #[test]
+    fn oversized_queries_are_refused() {
+        let sam = SuffixAutomaton::from_tokens(&[7; 8]).unwrap();
+        let e = sam.query(&params(1, MAX_QUERY_TOKENS + 1)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::TooLarge {
+                    arg: "k * length",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("(MAX_QUERY_TOKENS)"), "{e}");
+        assert!(sam.query_context(&[7], &params(usize::MAX, 2)).is_err());
+        assert!(sam.query(&params(0, usize::MAX)).is_err());
+        assert!(sam.query(&params(MAX_QUERY_TOKENS + 1, 0)).is_err());
+        assert_eq!(sam.query(&params(0, MAX_QUERY_TOKENS)).unwrap(), []);
+        let c = sam.query(&params(1, MAX_QUERY_TOKENS)).unwrap();
+        assert_eq!(c[0].tokens.len(), MAX_QUERY_TOKENS); // periodic: the whole length
+    }
+
+    #[test]
+    fn impossible_reservations_are_errors() {
+        let mut sam = SuffixAutomaton::from_tokens(&[1, 2]).unwrap();
+        assert!(matches!(
+            sam.reserve(MAX_TOKENS),
+            Err(Error::Shape { arg: "tokens", .. })
+        ));
+        assert_eq!(sam.tokens(), [1, 2]);
     }
 
     #[test]

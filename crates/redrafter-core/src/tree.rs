@@ -7,10 +7,22 @@
 //! everything the verifier needs: packed tokens, depths (position offsets), parents,
 //! the ancestor attention mask and the unpacker mapping each beam token to its node.
 
-use crate::error::{check_len, check_nonempty, checked_product, fmt_index, Error, Result};
+use crate::error::{
+    check_len, check_limit, check_nonempty, fmt_index, try_filled, try_with_capacity, Error, Result,
+};
 
 /// Padding token that ends a beam early (see [`pack_beams`]).
 pub const BEAM_END: i64 = -1;
+
+/// Most elements the `[B, N, N]` ancestor mask of [`pack_beams`] may hold: `2^30`, one GiB of
+/// `bool`s (`B * N^2` with `N` the largest row's node count).
+///
+/// The mask grows with the square of the node count, so a modest input can ask for an
+/// impossible one: a single beam of `10^6` tokens is `10^6` nodes and a `10^12`-element mask.
+/// Real draft trees are far below the limit (`B = 256` rows of `N = 2048` nodes fill it),
+/// while the ordinary allocator would abort the process on such a request. Past the limit
+/// [`pack_beams`] returns [`Error::TooLarge`] naming the limit and the requested size.
+pub const MAX_MASK_ELEMENTS: usize = 1 << 30;
 
 /// Packed prefix tree for a batch of beams. Row `b` has `num_nodes[b]` real nodes,
 /// padded to `max_nodes` (`N`).
@@ -149,15 +161,28 @@ impl<'a> TreeView<'a> {
 /// Errors: [`Error::EmptyDim`] if a dim is 0, [`Error::Shape`] if
 /// `beams.len() != B * W * L`, [`Error::TokenRange`] for a negative token or one
 /// `>= V` when `vocab_size = Some(V)`, [`Error::RootMismatch`] when the beams of a
-/// row do not share `beams[b, 0, 0]`.
+/// row do not share `beams[b, 0, 0]`, [`Error::TooLarge`] when the mask would hold more than
+/// [`MAX_MASK_ELEMENTS`] elements, [`Error::OutOfMemory`] when an output cannot be allocated.
+/// Never panics, and never aborts on a size the input asks for.
 pub fn pack_beams(beams: &[i64], shape: [usize; 3], vocab_size: Option<usize>) -> Result<Tree> {
     validate_beams(beams, shape, vocab_size)?;
     let [batch, width, length] = shape;
+    // `beams.len() == B * W * L` was checked, so these products cannot overflow.
     let row_len = width * length;
-    let mut builder = RowBuilder::with_capacity(row_len);
-    let mut unpacker = vec![0i64; beams.len()]; // [B, W, L]
-    let mut origin = vec![0usize; beams.len()]; // [B, W*L] first occurrence of node i
-    let mut num_nodes = vec![0i64; batch]; // [B]
+    if row_len > max_row_nodes(batch) {
+        // A row could be past the mask limit: count its nodes first, in O(W L log W), so the
+        // builder's sibling scans (O(W^2) for a wide fan-out) only run on trees that are kept.
+        let mut widest = 0;
+        for row in beams.chunks_exact(row_len) {
+            widest = widest.max(count_nodes(row, width, length)?);
+        }
+        mask_len(batch, widest)?;
+    }
+    let mut builder = RowBuilder::with_capacity(row_len)?;
+    let mut unpacker = try_filled("beams", "tree.unpacker", 0i64, beams.len())?; // [B, W, L]
+                                                                                 // [B, W*L]: flat index of the first occurrence of node i
+    let mut origin = try_filled("beams", "the node origins", 0usize, beams.len())?;
+    let mut num_nodes = try_filled("beams", "tree.num_nodes", 0i64, batch)?; // [B]
     let rows = beams
         .chunks_exact(row_len)
         .zip(unpacker.chunks_exact_mut(row_len))
@@ -167,15 +192,16 @@ pub fn pack_beams(beams: &[i64], shape: [usize; 3], vocab_size: Option<usize>) -
     }
     let max_nodes = num_nodes.iter().copied().max().unwrap_or(0) as usize;
     let mask_len = mask_len(batch, max_nodes)?;
+    let nodes = batch * max_nodes; // <= B * W * L
     let mut tree = Tree {
         batch,
         width,
         length,
         max_nodes,
-        tokens: vec![0; batch * max_nodes],
-        depth: vec![0; batch * max_nodes],
-        parent: vec![-1; batch * max_nodes],
-        mask: vec![false; mask_len],
+        tokens: try_filled("beams", "tree.tokens", 0, nodes)?,
+        depth: try_filled("beams", "tree.depth", 0, nodes)?,
+        parent: try_filled("beams", "tree.parent", -1, nodes)?,
+        mask: try_filled("beams", "tree.mask", false, mask_len)?,
         unpacker,
         num_nodes,
     };
@@ -185,13 +211,45 @@ pub fn pack_beams(beams: &[i64], shape: [usize; 3], vocab_size: Option<usize>) -
     Ok(tree)
 }
 
-/// `B * N * N`, or a shape error if the mask could not be addressed.
+/// The most nodes a row of a `batch`-row tree may have within [`MAX_MASK_ELEMENTS`].
+fn max_row_nodes(batch: usize) -> usize {
+    (MAX_MASK_ELEMENTS / batch.max(1)).isqrt()
+}
+
+/// The node count of one row (`[W, L]`, validated) without building it: sorted beams share
+/// their longest common prefix with the previous one, every other token is a new node.
+fn count_nodes(row: &[i64], width: usize, length: usize) -> Result<usize> {
+    let beam = |w: usize| {
+        let b = &row[w * length..(w + 1) * length];
+        &b[..b.iter().position(|&t| t == BEAM_END).unwrap_or(length)]
+    };
+    let mut order = try_with_capacity("beams", "the node count's scratch", width)?;
+    order.extend(0..width);
+    order.sort_unstable_by(|&a, &b| beam(a).cmp(beam(b)));
+    let mut nodes = 0;
+    let mut previous: &[i64] = &[];
+    for &w in &order {
+        let current = beam(w);
+        let shared = current
+            .iter()
+            .zip(previous)
+            .take_while(|(a, b)| a == b)
+            .count();
+        nodes += current.len() - shared;
+        previous = current;
+    }
+    Ok(nodes)
+}
+
+/// `B * N * N`, or [`Error::TooLarge`] past [`MAX_MASK_ELEMENTS`].
 fn mask_len(batch: usize, max_nodes: usize) -> Result<usize> {
-    checked_product(&[batch, max_nodes, max_nodes]).ok_or_else(|| Error::Shape {
-        arg: "beams",
-        expected: "a tree whose [B, N, N] mask fits in memory".into(),
-        got: format!("B = {batch}, N = {max_nodes}"),
-    })
+    check_limit(
+        "beams",
+        || format!("the [B, N, N] ancestor mask (B = {batch}, N = {max_nodes} nodes)"),
+        &[batch, max_nodes, max_nodes],
+        MAX_MASK_ELEMENTS,
+        "MAX_MASK_ELEMENTS",
+    )
 }
 
 /// Checks dims, length, token range and shared roots of `beams`.
@@ -268,12 +326,12 @@ struct RowBuilder {
 
 impl RowBuilder {
     /// Scratch for rows of up to `cap` nodes.
-    fn with_capacity(cap: usize) -> Self {
-        RowBuilder {
-            first_child: vec![NONE; cap],
-            next_sibling: vec![NONE; cap],
-            token: vec![0; cap],
-        }
+    fn with_capacity(cap: usize) -> Result<Self> {
+        Ok(RowBuilder {
+            first_child: try_filled("beams", "the tree builder's scratch", NONE, cap)?,
+            next_sibling: try_filled("beams", "the tree builder's scratch", NONE, cap)?,
+            token: try_filled("beams", "the tree builder's scratch", 0, cap)?,
+        })
     }
 
     /// Builds one row. `beams` is `[W, L]`; writes `unpacker` (`[W, L]`) and
@@ -465,6 +523,62 @@ mod tests {
                 got: 3
             }
         );
+    }
+
+    #[test]
+    fn counting_nodes_agrees_with_building_the_tree() {
+        let rows: [&[i64]; 4] = [
+            &[1, 2, 3, 1, 2, 4, 1, 5, 3, 1, 2, 3],
+            &[7, -1, -1, 7, 8, -1, 7, 8, 9, 7, 9, -1],
+            &[4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4],
+            &[0, 3, 2, 0, 2, 3, 0, 3, 3, 0, 2, 2],
+        ];
+        for row in rows {
+            let tree = pack_beams(row, [1, 4, 3], None).unwrap();
+            assert_eq!(
+                count_nodes(row, 4, 3).unwrap() as i64,
+                tree.num_nodes[0],
+                "{row:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wide_fan_out_past_the_limit_is_refused_before_building() {
+        // 10^6 beams that all diverge after the root: building would scan siblings O(W^2).
+        let width = 1_000_000;
+        let beams: Vec<i64> = (0..width as i64).flat_map(|w| [0, w]).collect();
+        let start = std::time::Instant::now();
+        let e = pack_beams(&beams, [1, width, 2], None).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
+        assert!(e.to_string().contains("N = 1000001 nodes"), "{e}");
+        assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn a_mask_past_the_limit_is_an_error() {
+        // One beam of 40000 tokens is a chain of 40000 nodes: a 1.6e9-element mask.
+        let beams = vec![3i64; 40_000];
+        let e = pack_beams(&beams, [1, 1, 40_000], None).unwrap_err();
+        assert_eq!(
+            e,
+            Error::TooLarge {
+                arg: "beams",
+                what: "the [B, N, N] ancestor mask (B = 1, N = 40000 nodes)".into(),
+                requested: Some(1_600_000_000),
+                limit: MAX_MASK_ELEMENTS,
+                limit_name: "MAX_MASK_ELEMENTS",
+            }
+        );
+        assert!(e.to_string().contains(
+            "would hold 1600000000 elements, more than the limit of 1073741824 (MAX_MASK_ELEMENTS)"
+        ));
+        // Just under the limit in elements per row, with ended beams keeping N small.
+        let mut beams = vec![BEAM_END; 2 * 40_000];
+        beams[0] = 1;
+        beams[40_000] = 1;
+        let t = pack_beams(&beams, [1, 2, 40_000], None).unwrap();
+        assert_eq!((t.max_nodes, t.mask.len()), (1, 1));
     }
 
     #[test]

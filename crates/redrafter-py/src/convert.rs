@@ -65,3 +65,22 @@ pub fn into_numpy<'py, T: numpy::Element>(
         .map_err(|e| binding_err(format!("internal shape error: {e}")))?;
     Ok(arr.into_pyarray(py))
 }
+
+/// An integer argument that must be `>= min`, as `usize`. Arguments are taken as `i64` so that
+/// a negative value is a `RedrafterError` naming the argument, not pyo3's `OverflowError`.
+pub fn int_at_least(arg: &str, value: i64, min: i64) -> PyResult<usize> {
+    if value < min {
+        return Err(binding_err(format!("{arg} must be >= {min}, got {value}")));
+    }
+    usize::try_from(value).map_err(|_| {
+        binding_err(format!(
+            "{arg} = {value} does not fit this platform's usize"
+        ))
+    })
+}
+
+/// A non-negative cap on a count, as `u32`; caps past `u32::MAX` never bind, so they saturate.
+pub fn count_cap(arg: &str, value: i64) -> PyResult<u32> {
+    int_at_least(arg, value, 0)?;
+    Ok(u32::try_from(value).unwrap_or(u32::MAX))
+}

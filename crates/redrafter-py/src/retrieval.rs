@@ -7,26 +7,42 @@ use numpy::{PyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use redrafter_core as core;
 
-use crate::convert::{borrow_i64, into_numpy, slice_of};
+use crate::convert::{borrow_i64, count_cap, int_at_least, into_numpy, slice_of};
 use crate::errors::{binding_err, to_py_err};
 
 /// Distinguishes datastores, so a request's cursor is never used with another one.
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Query parameters from the Python integers: each must be >= 0 (`count_cap` saturates at
+/// 2^32 - 1), and `k * length` is bounded by `MAX_QUERY_TOKENS`.
 fn params(
-    k: usize,
-    length: usize,
-    min_match: usize,
-    count_cap: u32,
-    max_levels: usize,
-) -> core::QueryParams {
-    core::QueryParams {
-        k,
-        length,
-        min_match,
-        count_cap,
-        max_levels,
-    }
+    k: i64,
+    length: i64,
+    min_match: i64,
+    cap: i64,
+    max_levels: i64,
+) -> PyResult<core::QueryParams> {
+    let p = core::QueryParams {
+        k: int_at_least("k", k, 0)?,
+        length: int_at_least("length", length, 0)?,
+        min_match: int_at_least("min_match", min_match, 0)?,
+        count_cap: count_cap("count_cap", cap)?,
+        max_levels: int_at_least("max_levels", max_levels, 0)?,
+    };
+    p.check().map_err(to_py_err)?;
+    Ok(p)
+}
+
+/// `vec![value; len]` that raises `RedrafterError` instead of aborting when memory is short.
+fn filled<T: Clone>(value: T, len: usize, what: &str) -> PyResult<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        binding_err(format!(
+            "cannot allocate {what} ({len} elements): out of memory"
+        ))
+    })?;
+    v.resize(len, value);
+    Ok(v)
 }
 
 /// Borrows a 1-d int64 array and runs `f` on its data.
@@ -76,14 +92,32 @@ struct Packed {
 }
 
 impl Packed {
-    fn new(rows: usize, k: usize, length: usize) -> Self {
-        Self {
-            tokens: vec![-1; rows * k * length],
-            lengths: vec![0; rows * k],
-            match_len: vec![0; rows * k],
-            count: vec![0; rows * k],
-            num: vec![0; rows],
+    /// Room for `rows * k` candidates of `length` tokens: at most `MAX_QUERY_TOKENS` slots
+    /// (counting `k` and `length` as at least 1), else `RedrafterError`.
+    fn new(rows: usize, k: usize, length: usize) -> PyResult<Self> {
+        let dims = [rows as u128, k.max(1) as u128, length.max(1) as u128];
+        let requested = dims.iter().try_fold(1u128, |a, &d| a.checked_mul(d));
+        let limit = core::MAX_QUERY_TOKENS;
+        if requested.is_none_or(|n| n > limit as u128) {
+            return Err(to_py_err(core::Error::TooLarge {
+                arg: "k * length",
+                what: format!(
+                    "the candidates of {rows} rows, k = {k} candidates of length = {length} tokens"
+                ),
+                requested,
+                limit,
+                limit_name: "MAX_QUERY_TOKENS",
+            }));
         }
+        // The bound above keeps every product below 2^24.
+        let slots = rows * k;
+        Ok(Self {
+            tokens: filled(-1, slots * length, "the candidate tokens")?,
+            lengths: filled(0, slots, "the candidate lengths")?,
+            match_len: filled(0, slots, "the candidate match lengths")?,
+            count: filled(0, slots, "the candidate counts")?,
+            num: filled(0, rows, "the candidate numbers")?,
+        })
     }
 
     fn put(&mut self, row: usize, k: usize, length: usize, cands: &[core::Candidate]) {
@@ -113,7 +147,7 @@ impl Packed {
 
 /// One query's candidates as a `Candidates` with K' = the number found.
 fn single(py: Python<'_>, cands: &[core::Candidate], length: usize) -> PyResult<PyCandidates> {
-    let mut packed = Packed::new(1, cands.len(), length);
+    let mut packed = Packed::new(1, cands.len(), length)?;
     packed.put(0, cands.len(), length, cands);
     packed.into_py(py, &[cands.len()], length)
 }
@@ -149,30 +183,32 @@ impl PySuffixAutomaton {
 
     /// Up to `k` continuations of up to `length` tokens. Without `context`: of this text's own
     /// end (from its earlier occurrences, repeating periodically into the future); with
-    /// `context` (int64 [T]): of that context's end, from this text.
+    /// `context` (int64 [T]): of that context's end, from this text. Every integer must be
+    /// >= 0, and k * length at most MAX_QUERY_TOKENS (2^24).
     #[pyo3(signature = (k = 4, length = 4, *, context = None, min_match = 1, count_cap = 16, max_levels = 8))]
     #[allow(clippy::too_many_arguments)]
     fn query(
         &self,
         py: Python<'_>,
-        k: usize,
-        length: usize,
+        k: i64,
+        length: i64,
         context: Option<&Bound<'_, PyAny>>,
-        min_match: usize,
-        count_cap: u32,
-        max_levels: usize,
+        min_match: i64,
+        count_cap: i64,
+        max_levels: i64,
     ) -> PyResult<PyCandidates> {
-        let p = params(k, length, min_match, count_cap, max_levels);
+        let p = params(k, length, min_match, count_cap, max_levels)?;
         let cands = match context {
-            None => self.sam.query(&p),
+            None => self.sam.query(&p).map_err(to_py_err)?,
             Some(c) => with_tokens(c, "context", |s| self.sam.query_context(s, &p))?,
         };
-        single(py, &cands, length)
+        single(py, &cands, p.length)
     }
 
-    /// Occurrences of `pattern` (int64 [T]) in the text, at most `cap`.
-    #[pyo3(signature = (pattern, cap = u32::MAX))]
-    fn count(&self, pattern: &Bound<'_, PyAny>, cap: u32) -> PyResult<u32> {
+    /// Occurrences of `pattern` (int64 [T]) in the text, at most `cap` (>= 0).
+    #[pyo3(signature = (pattern, cap = i64::from(u32::MAX)))]
+    fn count(&self, pattern: &Bound<'_, PyAny>, cap: i64) -> PyResult<u32> {
+        let cap = count_cap("cap", cap)?;
         with_tokens(pattern, "pattern", |s| Ok(self.sam.count(s, cap)))
     }
 
@@ -244,27 +280,29 @@ impl PyDatastore {
         py.detach(|| self.inner.save(&path)).map_err(to_py_err)
     }
 
-    /// Up to `k` continuations of `context` (int64 [T]) from the corpus.
-    #[pyo3(signature = (context, k = 4, length = 4, *, min_match = 1, count_cap = u32::MAX, max_levels = 8))]
+    /// Up to `k` continuations of `context` (int64 [T]) from the corpus. Every integer must be
+    /// >= 0, and k * length at most MAX_QUERY_TOKENS (2^24).
+    #[pyo3(signature = (context, k = 4, length = 4, *, min_match = 1, count_cap = i64::from(u32::MAX), max_levels = 8))]
     #[allow(clippy::too_many_arguments)]
     fn query(
         &self,
         py: Python<'_>,
         context: &Bound<'_, PyAny>,
-        k: usize,
-        length: usize,
-        min_match: usize,
-        count_cap: u32,
-        max_levels: usize,
+        k: i64,
+        length: i64,
+        min_match: i64,
+        count_cap: i64,
+        max_levels: i64,
     ) -> PyResult<PyCandidates> {
-        let p = params(k, length, min_match, count_cap, max_levels);
+        let p = params(k, length, min_match, count_cap, max_levels)?;
         let cands = with_tokens(context, "context", |s| self.inner.query(s, &p))?;
-        single(py, &cands, length)
+        single(py, &cands, p.length)
     }
 
-    /// Occurrences of `pattern` (int64 [T]) in the corpus, at most `cap`.
-    #[pyo3(signature = (pattern, cap = u32::MAX))]
-    fn count(&self, pattern: &Bound<'_, PyAny>, cap: u32) -> PyResult<u32> {
+    /// Occurrences of `pattern` (int64 [T]) in the corpus, at most `cap` (>= 0).
+    #[pyo3(signature = (pattern, cap = i64::from(u32::MAX)))]
+    fn count(&self, pattern: &Bound<'_, PyAny>, cap: i64) -> PyResult<u32> {
+        let cap = count_cap("cap", cap)?;
         with_tokens(pattern, "pattern", |s| Ok(self.inner.count(s, cap)))
     }
 
@@ -301,24 +339,26 @@ impl PyDatastore {
 /// text from its own earlier occurrences and, with `datastore`, from the corpus (a cursor per
 /// automaton follows its new tokens, amortised O(1) each). Both lists are merged by (match
 /// length, count), own text first on ties, duplicates dropped. Returns `Candidates` with
-/// `tokens` [B, k, length].
+/// `tokens` [B, k, length]. Every integer must be >= 0, and B * k * length at most
+/// MAX_QUERY_TOKENS (2^24).
 #[pyfunction]
 #[pyo3(signature = (automata, k, length, *, datastore = None, min_match = 1, count_cap = 16, max_levels = 8))]
 #[allow(clippy::too_many_arguments)]
 pub fn retrieve(
     py: Python<'_>,
     automata: &Bound<'_, PyAny>,
-    k: usize,
-    length: usize,
+    k: i64,
+    length: i64,
     datastore: Option<&Bound<'_, PyDatastore>>,
-    min_match: usize,
-    count_cap: u32,
-    max_levels: usize,
+    min_match: i64,
+    count_cap: i64,
+    max_levels: i64,
 ) -> PyResult<PyCandidates> {
-    let p = params(k, length, min_match, count_cap, max_levels);
+    let p = params(k, length, min_match, count_cap, max_levels)?;
+    let (k, length) = (p.k, p.length);
     let rows: Vec<Bound<'_, PyAny>> = automata.try_iter()?.collect::<PyResult<_>>()?;
     let store = datastore.map(|d| d.get());
-    let mut packed = Packed::new(rows.len(), k, length);
+    let mut packed = Packed::new(rows.len(), k, length)?;
     for (b, obj) in rows.iter().enumerate() {
         let cell = obj
             .cast::<PySuffixAutomaton>()
@@ -326,7 +366,7 @@ pub fn retrieve(
         let mut row = cell
             .try_borrow_mut()
             .map_err(|_| binding_err(format!("automata[{b}]: in use elsewhere")))?;
-        let own = row.sam.query(&p);
+        let own = row.sam.query(&p).map_err(to_py_err)?;
         let cands = match store {
             None => own,
             Some(ds) => {

@@ -3,7 +3,7 @@ use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use redrafter_core as core;
 
-use crate::convert::{borrow_i64, into_numpy, slice_of};
+use crate::convert::{borrow_i64, int_at_least, into_numpy, slice_of};
 use crate::errors::to_py_err;
 
 /// Packed prefix tree of a batch of beams (result of `pack_beams`).
@@ -131,15 +131,19 @@ fn dims3(shape: &[usize]) -> [usize; 3] {
 
 /// Packs beams [B, W, L] (int64) into a prefix tree; beams sharing a prefix share nodes.
 ///
-/// All beams of a row must start with the same root token. With `vocab_size`, every token must
-/// be in [0, vocab_size). A beam may end early: -1 from some depth >= 1 on.
+/// All beams of a row must start with the same root token. With `vocab_size` (>= 1), every
+/// token must be in [0, vocab_size). A beam may end early: -1 from some depth >= 1 on. A tree
+/// whose [B, N, N] mask would hold more than 2^30 elements (MAX_MASK_ELEMENTS) is refused.
 #[pyfunction]
 #[pyo3(signature = (beams, vocab_size = None))]
 pub fn pack_beams(
     py: Python<'_>,
     beams: &Bound<'_, PyAny>,
-    vocab_size: Option<usize>,
+    vocab_size: Option<i64>,
 ) -> PyResult<PyTree> {
+    let vocab_size = vocab_size
+        .map(|v| int_at_least("vocab_size", v, 1))
+        .transpose()?;
     let arr = borrow_i64(beams, "beams", 3, "[B, W, L]")?;
     let shape = dims3(arr.shape());
     let tree = core::pack_beams(slice_of(&arr, "beams")?, shape, vocab_size).map_err(to_py_err)?;
