@@ -507,3 +507,18 @@ def test_datastore_with_bogus_token_counts_is_refused(tmp_path):
     bad.write_bytes(_reseal(bytes(data[:-4])))
     with pytest.raises(RedrafterError, match="inconsistent content"):
         _core.Datastore.load(bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n": -1}, r"n must be in \[1, 1024\], got -1"),
+        ({"n": 10**6}, r"n must be in \[1, 1024\], got 1000000"),
+        ({"n": 2, "spin_us": -1}, "spin_us must be >= 0, got -1"),
+    ],
+)
+def test_kernel_thread_arguments_are_checked(kwargs, match):
+    before = _core.kernel_threads()
+    with pytest.raises(RedrafterError, match=match):
+        _core.set_kernel_threads(**kwargs)
+    assert _core.kernel_threads() == before  # the pool was not replaced

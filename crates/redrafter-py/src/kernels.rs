@@ -12,6 +12,7 @@ use numpy::{
 use pyo3::prelude::*;
 use redrafter_kernels as kern;
 
+use crate::convert::int_at_least;
 use crate::errors::binding_err;
 
 /// The process-wide pool (created on first use with one thread per available CPU).
@@ -201,19 +202,27 @@ pub fn linear_bf16w(
     compute(py, args, kern::linear_bf16w)
 }
 
+/// Most threads `set_kernel_threads` accepts (far above any core count it is meant for).
+const MAX_KERNEL_THREADS: i64 = 1024;
+
 /// Replaces the kernels' thread pool with one of `n` threads (the caller plus `n - 1`
 /// workers). `spin_us`: how long an idle worker waits spinning for the next call before it
 /// sleeps (default 200).
 #[pyfunction]
 #[pyo3(signature = (n, spin_us = None))]
-pub fn set_kernel_threads(py: Python<'_>, n: i64, spin_us: Option<u64>) -> PyResult<()> {
-    if n < 1 {
+pub fn set_kernel_threads(py: Python<'_>, n: i64, spin_us: Option<i64>) -> PyResult<()> {
+    if !(1..=MAX_KERNEL_THREADS).contains(&n) {
         return Err(binding_err(format!(
-            "set_kernel_threads: n must be >= 1, got {n}"
+            "set_kernel_threads: n must be in [1, {MAX_KERNEL_THREADS}], got {n}"
         )));
     }
-    let threads = usize::try_from(n).map_err(|_| binding_err(format!("n too large: {n}")))?;
-    let spin = spin_us.map_or(kern::DEFAULT_SPIN, Duration::from_micros);
+    let threads = int_at_least("set_kernel_threads: n", n, 1)?;
+    let spin = match spin_us {
+        None => kern::DEFAULT_SPIN,
+        Some(us) => {
+            Duration::from_micros(int_at_least("set_kernel_threads: spin_us", us, 0)? as u64)
+        }
+    };
     let new =
         Arc::new(kern::Pool::with_spin(threads, spin).map_err(|e| binding_err(e.to_string()))?);
     let old = POOL
