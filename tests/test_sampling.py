@@ -24,7 +24,6 @@ import torch
 
 import redrafter_rs as rr
 from conftest import tiny_llama
-from redrafter_rs import _core
 from redrafter_rs.beam_search import beam_search
 
 N_SAMPLES = 20_000
@@ -115,7 +114,13 @@ def _spec_samples(
     gen = None if seeded else torch.Generator().manual_seed(seed)
     params = rr.SamplingParams(**settings)
     config = rr.SpecConfig(beam_width=3, beam_length=3, max_new_tokens=NEW, tree_nodes=nodes)
-    engine = (BiasedPQGenerator if biased else rr.SpeculativeGenerator)(model, drafter, config)
+    if biased:
+        proposer = LogQDrafter(drafter)
+        engine = rr.SpeculativeGenerator(
+            model, proposer, config, acceptor=BiasedPQAcceptor(proposer)
+        )
+    else:
+        engine = rr.SpeculativeGenerator(model, drafter, config)
     for row in range(N_SAMPLES):
         if seeded:
             params = rr.SamplingParams(**settings, seed=seed * N_SAMPLES + row)
@@ -186,26 +191,37 @@ def test_a_seeded_generator_is_reproducible(model, drafter):
     assert not torch.equal(a.sequences, c.sequences)
 
 
-class BiasedPQGenerator(rr.SpeculativeGenerator):
+class LogQDrafter:
+    """The drafter's beam search, keeping the drafter's probabilities q of each beam's tokens
+    for the biased acceptor below."""
+
+    def __init__(self, drafter) -> None:
+        self.drafter = drafter
+        self.q = None
+
+    def draft(self, hidden, root, *, embed, beam_width, beam_length, context=None):
+        beams, log_q = beam_search(
+            self.drafter, embed, hidden, root, beam_width, beam_length, return_log_probs=True
+        )
+        self.q = log_q.exp()  # [B, W, L-1, V]
+        return beams
+
+
+class BiasedPQAcceptor:
     """ReDrafter's published sampling rule on beam-search drafts (known to be biased):
     accept draft x with probability min(1, P(x) / Q(x)), keep the longest accepted prefix over
     beams, then draw the next token from norm(relu(P - Q)) at the first rejection (or from P
     after a fully accepted beam). Used only to show that the statistical test can fail."""
 
-    def _decode(self, out):
-        W, L = self.config.beam_width, self.config.beam_length
-        beams, log_q = beam_search(
-            self.drafter, self.target.embed, self._hidden, self._root, W, L, return_log_probs=True
-        )
-        beams_np = beams.numpy()
-        tree = _core.pack_beams(beams_np)
-        hidden = self._verify(tree)  # [B, N, H]
-        params, gen = self._active[0].params, self._active[0].generator
-        scores = params.warpers()(None, self.target.logits(hidden).flatten(0, 1))
-        probs = torch.softmax(scores, -1).view(*hidden.shape[:2], -1)  # [B, N, V]
-        acc = self._pq_accept(tree, beams, probs, log_q.exp(), gen)
-        self._advance(acc, hidden)
-        self._emit_step(acc, out, f"{W}x{L}", tree.num_nodes)
+    def __init__(self, proposer: LogQDrafter) -> None:
+        self.proposer = proposer
+
+    def accept(self, step: rr.VerifiedStep):
+        params, gen = step.requests[0].params, step.requests[0].generator
+        scores = params.warpers()(None, step.target.logits(step.hidden).flatten(0, 1))
+        probs = torch.softmax(scores, -1).view(*step.hidden.shape[:2], -1)  # [B, N, V]
+        beams = torch.from_numpy(step.beams)
+        return self._pq_accept(step.tree, beams, probs, self.proposer.q, gen)
 
     @staticmethod
     def _pq_accept(tree, beams, probs, q, gen):
@@ -236,5 +252,5 @@ class BiasedPQGenerator(rr.SpeculativeGenerator):
             tokens[b, nb[b]] = bonus[b]
         return SimpleNamespace(
             kv_gather=gather, kv_valid=np.arange(M)[None] < kept[:, None], kept=kept,
-            last_node=last.numpy(), bonus=bonus.numpy(), tokens=tokens,
+            last_node=last.numpy(), bonus=bonus.numpy(), tokens=tokens, num_accepted=nb.numpy(),
         )  # fmt: skip

@@ -9,8 +9,10 @@ out.stats.tau  # tokens per verification step
 
 from redrafter_rs._core import Acceptance, Tree, accept, pack_beams
 from redrafter_rs._core import __version__ as __version__
+from redrafter_rs.acceptor import Acceptor, ExactAcceptor, VerifiedStep
 from redrafter_rs.beam_search import beam_search, best_nodes_search
 from redrafter_rs.drafter import DrafterConfig, RecurrentDrafter
+from redrafter_rs.drafting import Drafter, DrafterAdapter
 from redrafter_rs.engine import GenerationStats, Request, SpecConfig, SpeculativeGenerator
 from redrafter_rs.errors import RedrafterError
 from redrafter_rs.fastpath import AccelerateReport, accelerate, unaccelerate
@@ -25,13 +27,31 @@ from redrafter_rs.retrieval import (
     build_datastore,
 )
 from redrafter_rs.sampling import SamplingParams
-from redrafter_rs.train import TrainConfig, train_drafter
+
+# Training is not imported with the library (torch training loops, teacher caches): these two
+# names load redrafter_rs.train on first use.
+_LAZY = {"TrainConfig": "redrafter_rs.train", "train_drafter": "redrafter_rs.train"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'redrafter_rs' has no attribute {name!r}")
+
 
 __all__ = [
     "AccelerateReport",
     "Acceptance",
+    "Acceptor",
     "Datastore",
+    "Drafter",
+    "DrafterAdapter",
     "DrafterConfig",
+    "ExactAcceptor",
     "GenerationOutput",
     "GenerationStats",
     "PolicyConfig",
@@ -47,6 +67,7 @@ __all__ = [
     "SuffixAutomaton",
     "TrainConfig",
     "Tree",
+    "VerifiedStep",
     "__version__",
     "accelerate",
     "accept",

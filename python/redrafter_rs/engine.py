@@ -16,7 +16,6 @@ between steps; a finished row is dropped from the batch so it stops costing targ
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import threading
 import time
 from collections.abc import Hashable
@@ -34,15 +33,15 @@ from redrafter_rs._validate import (
     check_int,
     check_optional_int,
 )
+from redrafter_rs.acceptor import Acceptor, ExactAcceptor, VerifiedStep
+from redrafter_rs.drafting import DrafterAdapter
 from redrafter_rs.errors import RedrafterError, check
 from redrafter_rs.kv import BatchCache
 from redrafter_rs.policy import (
     PolicyConfig,
     Shape,
     ShapePolicy,
-    draft_kwargs,
     shape_name,
-    tree_nodes,
 )
 from redrafter_rs.sampling import GREEDY, SamplingParams, choose_tokens
 from redrafter_rs.target import Target, left_pad
@@ -192,15 +191,28 @@ class SpeculativeGenerator:
     """
 
     def __init__(
-        self, model: nn.Module, drafter: nn.Module, config: SpecConfig | None = None
+        self,
+        model: nn.Module,
+        drafter: nn.Module,
+        config: SpecConfig | None = None,
+        *,
+        acceptor: Acceptor | None = None,
     ) -> None:
+        """`drafter` proposes (any object with `draft`, see drafting.Drafter); `acceptor`
+        turns each verified tree into emitted tokens (default: `ExactAcceptor`, lossless)."""
         check_drafter(drafter, optional=False)
+        check(
+            acceptor is None or callable(getattr(acceptor, "accept", None)),
+            f"acceptor must have an accept(step) method, got {type(acceptor).__name__}",
+        )
         check(
             config is None or isinstance(config, SpecConfig),
             f"config must be a SpecConfig or None, got {type(config).__name__}",
         )
         self.target = Target(model)
         self.drafter = drafter
+        self.proposer = DrafterAdapter(drafter)
+        self.acceptor = acceptor or ExactAcceptor()
         self._lock = threading.RLock()  # guards the request queues and batch state
         self._stepping = threading.Lock()  # held for the whole of one step()
         self.config = config or SpecConfig()
@@ -208,12 +220,11 @@ class SpeculativeGenerator:
         self.staging = Staging(self.target.device)
         self.time_s: dict[str, float] = {}
         self.compactions = 0  # KV-cache hole squeezes (O(context), rare)
-        if hasattr(drafter, "check_target"):
-            drafter.check_target(model)
-        self._takes_tree = "tree_nodes" in inspect.signature(drafter.draft).parameters
+        self.proposer.check_target(model)
         if self.config.tree_nodes is not None:
             check(
-                self._takes_tree, f"tree_nodes: {type(drafter).__name__}.draft takes no tree_nodes"
+                self.proposer.caps.drafts_trees,
+                f"tree_nodes: {type(drafter).__name__}.draft takes no tree_nodes",
             )
         self._pending: list[Request] = []
         self._active: list[Request] = []  # aligned with the batch rows below
@@ -228,8 +239,7 @@ class SpeculativeGenerator:
         cfg = self.config.policy or PolicyConfig()
         W, L = self.config.beam_width, self.config.beam_length
         shapes = {s for s in cfg.shapes if s[0] <= W and s[1] <= L} | {(W, L), (1, 1)}
-        if not self._takes_tree:  # a drafter that only drafts beams
-            shapes = {s for s in shapes if tree_nodes(s) is None}
+        shapes = {s for s in shapes if self.proposer.supports(s)}
         cfg = dataclasses.replace(cfg, shapes=tuple(sorted(shapes)))
         return ShapePolicy(cfg)
 
@@ -239,7 +249,7 @@ class SpeculativeGenerator:
             W, L, N = self.config.beam_width, self.config.beam_length, self.config.tree_nodes
             return (W, L) if N is None else (W, L, N)
         if not self._calibrated:
-            self.policy.calibrate(self.target, self.drafter)
+            self.policy.calibrate(self.target, self.proposer)
             self._calibrated = True
         return self.policy.choose(len(self._active))
 
@@ -363,6 +373,7 @@ class SpeculativeGenerator:
         self._join(cache, pos[idx], hidden[idx], root[idx], [reqs[i] for i in keep])
 
     def _decode(self, out: dict[Hashable, list[int]]) -> None:
+        """One speculative step over the batch: propose, pack, verify, accept, upkeep."""
         shape, B = self._shape(), len(self._active)
         timer = _Timer(self.time_s, self.target.device)
         start = timer.t
@@ -372,20 +383,11 @@ class SpeculativeGenerator:
         tree = _core.pack_beams(beams_np, self.target.vocab_size)
         timer.lap("pack")
         hidden = self._verify(tree)  # [B, N, H]
-        logits = self.target.logits(hidden)  # [B, N, V]
-        rows = self._active
-        choice = choose_tokens(
-            logits,
-            [r.params for r in rows],
-            [r.generator for r in rows],
-            start=[len(r.prompt) + len(r.tokens) for r in rows],  # index depth 0 predicts
-            depth=tree.depth,
+        step = VerifiedStep(
+            self.target, self._active, beams_np, tree, hidden, self.staging.to_host, timer.lap
         )
-        choice_np = self.staging.to_host(choice, "choice")  # [B, N]
-        timer.lap("target")
-        acc = _core.accept(tree, beams_np, choice_np)
-        if hasattr(self.drafter, "observe"):
-            self.drafter.observe([r.id for r in self._active], acc)
+        acc = self.acceptor.accept(step)
+        self.proposer.observe([r.id for r in self._active], acc)
         if self.policy is not None:
             self.policy.observe(shape, acc.num_accepted, tree.num_nodes)
         timer.lap("accept")
@@ -418,26 +420,13 @@ class SpeculativeGenerator:
 
     def _draft(self, shape: Shape) -> torch.Tensor:
         """Beams [B, W', L] from the drafter (W' may differ from W for multi-source drafters;
-        W' = N, ragged with -1 padding, for a best-nodes tree (W, L, N)).
-
-        Drafter protocol: `draft(hidden, root, *, embed, beam_width, beam_length, context)`.
-        A drafter with `uses_context = True` also receives `context` (prompt + emitted tokens
-        per row, root last, as host int64 tensors: views valid during the call) and
-        `request_ids`; optional hooks `observe(request_ids, acceptance)` after each step and
-        `release(request_id)` when a request ends.
-        """
-        extra = draft_kwargs(shape)
-        context = None
-        if getattr(self.drafter, "uses_context", False):
+        W' = N, ragged with -1 padding, for a best-nodes tree (W, L, N)). The drafter protocol
+        and its optional capabilities: drafting.py."""
+        context = ids = None
+        if self.proposer.caps.uses_context:
             context = [r.context() for r in self._active]
-            extra["request_ids"] = [r.id for r in self._active]
-        return self.drafter.draft(
-            self._hidden,
-            self._root,
-            embed=self.target.embed,
-            context=context,
-            **extra,
-        )
+            ids = [r.id for r in self._active]
+        return self.proposer.draft(self._hidden, self._root, self.target.embed, shape, context, ids)
 
     def _verify(self, tree: _core.Tree) -> torch.Tensor:
         """One target forward over the packed trees; hidden states [B, N, H]."""
@@ -500,8 +489,7 @@ class SpeculativeGenerator:
 
     def _finish(self, req: Request, reason: str) -> None:
         self._live.discard(req.id)
-        if hasattr(self.drafter, "release"):
-            self.drafter.release(req.id)
+        self.proposer.release(req.id)
         req.finish_reason = reason
         req.stats.time_s = dict(self.time_s)
         self._finished[req.id] = req

@@ -118,9 +118,11 @@ class ShapePolicy:
 
     # ---- calibration --------------------------------------------------------------------
     @torch.no_grad()
-    def calibrate(self, target, drafter, context: int = 64, repeats: int = 2) -> None:
-        """Attach the measured cost tables of (target, drafter): drafting costs for every
-        candidate shape now (from the cache where measured before), target costs on demand."""
+    def calibrate(self, target, proposer, context: int = 64, repeats: int = 2) -> None:
+        """Attach the measured cost tables of (target, proposer): drafting costs for every
+        candidate shape now (from the cache where measured before), target costs on demand.
+        `proposer` is a `drafting.DrafterAdapter`."""
+        drafter = proposer.drafter
         self._target, self._repeats = target, repeats
         self._ids = torch.randint(0, target.vocab_size, (1, context), device=target.device)
         self._prefilled = None  # the context's cache, prefilled on the first target timing
@@ -134,7 +136,7 @@ class ShapePolicy:
         for shape in self.config.shapes:
             key = (kind, *shape)
             if key not in table:
-                table[key] = self._time_drafter(target, drafter, self._ids, shape, repeats)
+                table[key] = self._time_drafter(target, proposer, self._ids, shape, repeats)
             self.draft_ms[shape] = table[key]
 
     @torch.no_grad()
@@ -153,21 +155,18 @@ class ShapePolicy:
                 self.target_ms[p] = self._time_target(target, self._prefilled, p, self._repeats)
 
     @staticmethod
-    def _time_drafter(target, drafter, ids, shape: Shape, repeats: int) -> float:
+    def _time_drafter(target, proposer, ids, shape: Shape, repeats: int) -> float:
         if shape[1] == 1:
             return 0.0
         h = torch.zeros(1, target.hidden_size, device=ids.device)
         root = ids[:, -1]
-        extra = {"context": None, **draft_kwargs(shape)}
-        if getattr(drafter, "uses_context", False):
-            extra.update(context=[ids[0]], request_ids=["__calibration__"])
+        calibration = ["__calibration__"]
         _sync(ids.device)
         t = time.perf_counter()
         for _ in range(repeats):
-            drafter.draft(h, root, embed=target.embed, **extra)
+            proposer.draft(h, root, target.embed, shape, [ids[0]], calibration)
         _sync(ids.device)
-        if hasattr(drafter, "release"):
-            drafter.release("__calibration__")
+        proposer.release(calibration[0])
         return (time.perf_counter() - t) * 1e3 / repeats
 
     @staticmethod

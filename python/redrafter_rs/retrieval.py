@@ -50,6 +50,7 @@ from torch import nn
 
 from redrafter_rs import _core
 from redrafter_rs._core import Datastore, SuffixAutomaton
+from redrafter_rs.drafting import DrafterAdapter
 from redrafter_rs.errors import RedrafterError, check
 
 __all__ = [
@@ -159,6 +160,7 @@ class RetrievalDrafter(nn.Module):
     def __init__(self, rnn: nn.Module | None = None, config: RetrievalConfig | None = None):
         super().__init__()
         self.rnn = rnn
+        self._rnn = None if rnn is None else DrafterAdapter(rnn)
         self.config = config or RetrievalConfig()
         self.datastore = _open_datastore(self.config.datastore)
         self.stats = {"retrieval": SourceStats()}
@@ -168,8 +170,8 @@ class RetrievalDrafter(nn.Module):
         self._last: tuple[list, dict[str, _Part]] | None = None  # latest draft, for observe
 
     def check_target(self, model: nn.Module) -> None:
-        if self.rnn is not None and hasattr(self.rnn, "check_target"):
-            self.rnn.check_target(model)
+        if self._rnn is not None:
+            self._rnn.check_target(model)
 
     # ---- the drafter protocol -----------------------------------------------------------
     @torch.no_grad()
@@ -236,8 +238,8 @@ class RetrievalDrafter(nn.Module):
     def release(self, request_id: Hashable) -> None:
         """Drop the request's automaton (the engine calls this when the request ends)."""
         self._requests.pop(request_id, None)
-        if self.rnn is not None and hasattr(self.rnn, "release"):
-            self.rnn.release(request_id)
+        if self._rnn is not None:
+            self._rnn.release(request_id)
 
     def source_stats(self) -> dict[str, dict]:
         return {name: s.summary() for name, s in self.stats.items()}
@@ -307,12 +309,8 @@ class RetrievalDrafter(nn.Module):
     def _rnn_beams(
         self, hidden, root, embed, width, L, context, request_ids, tree_nodes
     ) -> torch.Tensor:
-        extra = {"request_ids": request_ids} if getattr(self.rnn, "uses_context", False) else {}
-        if tree_nodes is not None:
-            extra["tree_nodes"] = tree_nodes
-        return self.rnn.draft(
-            hidden, root, embed=embed, beam_width=width, beam_length=L, context=context, **extra
-        )
+        shape = (width, L) if tree_nodes is None else (width, L, tree_nodes)
+        return self._rnn.draft(hidden, root, embed, shape, context, request_ids)
 
 
 def _candidate_beams(root, tokens, lengths, n, fill) -> np.ndarray:
