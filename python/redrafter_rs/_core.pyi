@@ -8,6 +8,12 @@ import numpy.typing as npt
 
 __version__: str
 
+RETRIEVAL_DEFAULTS: dict[str, dict[str, int]]
+"""The retrieval defaults, defined once in the Rust core (`QueryParams::DEFAULT`, `DATASTORE`,
+`DRAFT`, `UNCAPPED`), by call then argument: "query" (`SuffixAutomaton.query`, `retrieve`),
+"datastore_query" (`Datastore.query`), "count" (the `count` methods' `cap`) and "draft"
+(`RetrievalConfig`'s `min_match`, `count_cap`, `max_levels`)."""
+
 class RedrafterError(ValueError):
     """Invalid input to a redrafter-rs operation (shape, dtype, token range, sizes, a negative
     integer argument, or a size past a documented limit)."""
@@ -115,20 +121,21 @@ class SuffixAutomaton:
         """Append tokens (int64 [T], all >= 0)."""
     def query(
         self,
-        k: int = 4,
-        length: int = 4,
+        k: int = ...,
+        length: int = ...,
         *,
         context: npt.NDArray[np.int64] | None = None,
-        min_match: int = 1,
-        count_cap: int = 16,
-        max_levels: int = 8,
+        min_match: int = ...,
+        count_cap: int = ...,
+        max_levels: int = ...,
     ) -> Candidates:
         """Up to `k` continuations of the text's end (or of `context`'s end), ranked by
         (match length, frequency); continuations of the text's own end repeat periodically.
         Every integer must be >= 0 (RedrafterError otherwise), and `k * length` at most 2**24
-        (MAX_QUERY_TOKENS)."""
+        (MAX_QUERY_TOKENS). Defaults: RETRIEVAL_DEFAULTS["query"]."""
     def count(self, pattern: npt.NDArray[np.int64], cap: int = ...) -> int:
-        """Occurrences of `pattern` in the text, at most `cap` (>= 0)."""
+        """Occurrences of `pattern` in the text, at most `cap` (>= 0; default
+        RETRIEVAL_DEFAULTS["count"]["cap"])."""
     def tokens(self) -> npt.NDArray[np.int64]:
         """The indexed tokens (a copy)."""
     @property
@@ -150,17 +157,19 @@ class Datastore:
     def query(
         self,
         context: npt.NDArray[np.int64],
-        k: int = 4,
-        length: int = 4,
+        k: int = ...,
+        length: int = ...,
         *,
-        min_match: int = 1,
+        min_match: int = ...,
         count_cap: int = ...,
-        max_levels: int = 8,
+        max_levels: int = ...,
     ) -> Candidates:
         """Up to `k` continuations of `context` from the corpus. Every integer must be >= 0
-        (RedrafterError otherwise), and `k * length` at most 2**24 (MAX_QUERY_TOKENS)."""
+        (RedrafterError otherwise), and `k * length` at most 2**24 (MAX_QUERY_TOKENS).
+        Defaults: RETRIEVAL_DEFAULTS["datastore_query"]."""
     def count(self, pattern: npt.NDArray[np.int64], cap: int = ...) -> int:
-        """Occurrences of `pattern` in the corpus, at most `cap` (>= 0)."""
+        """Occurrences of `pattern` in the corpus, at most `cap` (>= 0; default
+        RETRIEVAL_DEFAULTS["count"]["cap"])."""
     @property
     def num_tokens(self) -> int: ...
     @property
@@ -175,13 +184,14 @@ def retrieve(
     length: int,
     *,
     datastore: Datastore | None = None,
-    min_match: int = 1,
-    count_cap: int = 16,
-    max_levels: int = 8,
+    min_match: int = ...,
+    count_cap: int = ...,
+    max_levels: int = ...,
 ) -> Candidates:
     """Candidates for every row of a decode step in one call: tokens [B, k, length]; own text
     and datastore candidates merged by (match length, count). Every integer must be >= 0
-    (RedrafterError otherwise), and `B * k * length` at most 2**24 (MAX_QUERY_TOKENS)."""
+    (RedrafterError otherwise), and `B * k * length` at most 2**24 (MAX_QUERY_TOKENS).
+    An automaton may fill several rows. Defaults: RETRIEVAL_DEFAULTS["query"]."""
 
 def linear_f32(
     x: npt.NDArray[np.float32],

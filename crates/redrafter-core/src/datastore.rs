@@ -33,6 +33,7 @@
 //! the file and the problem; no input makes the loader or a query panic.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{try_filled, try_with_capacity, Error, Result};
 use crate::sam::{
@@ -47,9 +48,21 @@ pub const FORMAT_VERSION: u32 = 1;
 const HEADER_BYTES: usize = 48;
 const SEPARATOR: i64 = -1;
 
+/// Identifies each datastore built or loaded by this process, so that a
+/// [`crate::RequestIndex`]'s cursor is never used with another one.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A frozen suffix automaton over a token corpus (see the module docs).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Equality compares the contents. Each datastore built or loaded also has an identity, which
+/// a clone shares (it is immutable, so a clone is the same index).
+#[derive(Debug, Clone)]
 pub struct Datastore {
+    id: u64,
     num_tokens: u64,
     num_docs: u64,
     edge_token: Vec<i64>,
@@ -75,6 +88,31 @@ impl Cursor {
         self.matched
     }
 }
+
+/// Everything of a [`Datastore`] but its identity.
+type Contents<'a> = ([u64; 2], [&'a [u32]; 6], &'a [i64]);
+
+impl Datastore {
+    fn contents(&self) -> Contents<'_> {
+        let u32s = [
+            &self.edge_target[..],
+            &self.edge_start,
+            &self.len,
+            &self.link,
+            &self.first_end,
+            &self.count,
+        ];
+        ([self.num_tokens, self.num_docs], u32s, &self.edge_token)
+    }
+}
+
+impl PartialEq for Datastore {
+    fn eq(&self, other: &Self) -> bool {
+        self.contents() == other.contents()
+    }
+}
+
+impl Eq for Datastore {}
 
 impl Datastore {
     /// Indexes `tokens`; negative ids separate documents (all become `-1`).
@@ -157,6 +195,7 @@ impl Datastore {
         let mut count = try_with_capacity(arg, "datastore.count", n)?;
         count.extend(counts.iter().map(|&c| u32::try_from(c).unwrap_or(u32::MAX)));
         Ok(Self {
+            id: next_id(),
             num_tokens: sam.len() as u64,
             num_docs,
             edge_token,
@@ -233,6 +272,11 @@ impl Datastore {
         params.check()?;
         self.check_cursor(cursor)?;
         Ok(collect(self, cursor.state, cursor.matched, false, params))
+    }
+
+    /// This datastore's identity (shared by its clones).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     fn check_cursor(&self, cursor: &Cursor) -> Result<()> {
@@ -350,6 +394,7 @@ impl Datastore {
         // array read below is checked against the bytes that remain before it allocates.
         let (s, e) = (s64 as usize, e64 as usize);
         let ds = Self {
+            id: next_id(),
             num_tokens,
             num_docs,
             edge_token: r.i64s(e, "edge_token")?,

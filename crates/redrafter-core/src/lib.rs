@@ -38,6 +38,7 @@ mod check;
 mod datastore;
 mod error;
 mod kv;
+mod retrieve;
 mod sam;
 mod tree;
 
@@ -45,7 +46,9 @@ pub use accept::{accept, Acceptance};
 pub use datastore::{crc32, Cursor, Datastore, FORMAT_VERSION, MAGIC};
 pub use error::{Error, Result};
 pub use kv::{plan_kv, KvPlan};
+pub use retrieve::{retrieve, CandidateArrays, RequestIndex};
 pub use sam::{
     merge_candidates, Candidate, QueryParams, SuffixAutomaton, MAX_QUERY_TOKENS, MAX_TOKENS,
+    UNCAPPED,
 };
 pub use tree::{pack_beams, Tree, TreeView, BEAM_END, MAX_MASK_ELEMENTS};

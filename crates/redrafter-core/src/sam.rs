@@ -77,15 +77,41 @@ impl QueryParams {
     }
 }
 
+/// A count cap that never binds (counts saturate at `u32::MAX` anyway): the default cap of
+/// `count`, and of a datastore query (whose counts were precomputed at build time).
+pub const UNCAPPED: u32 = u32::MAX;
+
+/// The retrieval defaults, defined here once: the Python binding's signature defaults and
+/// `RetrievalConfig`'s fields read them (as `_core.RETRIEVAL_DEFAULTS`).
+impl QueryParams {
+    /// Defaults of a query of a request's own text (`SuffixAutomaton.query`, `retrieve`):
+    /// 4 candidates of 4 tokens, from a match of at least 1 token, counting occurrences up to
+    /// 16 (a count is a walk at query time, see the module docs), at most 8 levels.
+    pub const DEFAULT: Self = Self {
+        k: 4,
+        length: 4,
+        min_match: 1,
+        count_cap: 16,
+        max_levels: 8,
+    };
+    /// Defaults of a datastore query: [`QueryParams::DEFAULT`], but counts are not capped
+    /// (they were precomputed at build time).
+    pub const DATASTORE: Self = Self {
+        count_cap: UNCAPPED,
+        ..Self::DEFAULT
+    };
+    /// Defaults of the retrieval drafter (Python's `RetrievalConfig`; its `k` and `length`
+    /// follow from the beam shape): [`QueryParams::DEFAULT`] with a match of at least 2 tokens.
+    pub const DRAFT: Self = Self {
+        min_match: 2,
+        ..Self::DEFAULT
+    };
+}
+
 impl Default for QueryParams {
+    /// [`QueryParams::DEFAULT`].
     fn default() -> Self {
-        Self {
-            k: 4,
-            length: 4,
-            min_match: 1,
-            count_cap: 16,
-            max_levels: 8,
-        }
+        Self::DEFAULT
     }
 }
 

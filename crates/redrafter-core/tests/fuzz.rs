@@ -10,8 +10,9 @@
 use proptest::prelude::*;
 use proptest::sample::Index;
 use redrafter_core::{
-    accept, crc32, pack_beams, plan_kv, Acceptance, Cursor, Datastore, Error, QueryParams,
-    SuffixAutomaton, TreeView, MAX_MASK_ELEMENTS, MAX_QUERY_TOKENS,
+    accept, crc32, pack_beams, plan_kv, retrieve, Acceptance, CandidateArrays, Cursor, Datastore,
+    Error, QueryParams, RequestIndex, SuffixAutomaton, TreeView, MAX_MASK_ELEMENTS,
+    MAX_QUERY_TOKENS,
 };
 
 /// Cases of each ordinary fuzz property.
@@ -249,6 +250,35 @@ proptest! {
     }
 }
 
+// ---- packed candidates -------------------------------------------------------------------
+
+/// What `CandidateArrays` promises: consistent lengths, -1 padding, counts within `k`.
+fn check_arrays(a: &CandidateArrays, p: &QueryParams) {
+    let rows = a.batch.unwrap_or(1);
+    let slots = rows * a.k;
+    assert_eq!(a.length, p.length);
+    assert!(a.batch.is_some() || a.k <= p.k);
+    assert!(slots * a.length.max(1) <= MAX_QUERY_TOKENS);
+    assert_eq!(a.tokens.len(), slots * a.length);
+    assert_eq!(
+        (a.lengths.len(), a.match_len.len(), a.count.len()),
+        (slots, slots, slots)
+    );
+    assert_eq!(a.num.len(), rows);
+    for (row, &n) in a.num.iter().enumerate() {
+        assert!(n >= 0 && n as usize <= a.k);
+        for j in 0..a.k {
+            let slot = row * a.k + j;
+            let len = a.lengths[slot];
+            assert!(len >= 0 && len as usize <= a.length);
+            assert_eq!(len > 0, j < n as usize);
+            let tokens = &a.tokens[slot * a.length..(slot + 1) * a.length];
+            assert!(tokens[len as usize..].iter().all(|&t| t == -1));
+            assert!(tokens[..len as usize].iter().all(|&t| t >= 0));
+        }
+    }
+}
+
 // ---- datastore files ---------------------------------------------------------------------
 
 /// Rewrites the trailing CRC-32 so that a mutated file gets past the checksum check.
@@ -394,6 +424,16 @@ fn exercise(ds: &Datastore, ctx: &[i64], p: &QueryParams) {
         assert!(cursor.matched() <= ctx.len());
         let _ = ds.query_at(&cursor, p);
     }
+    if let Ok(packed) = ds.query_packed(ctx, p) {
+        check_arrays(&packed, p);
+    }
+    // A request's cursor, fed in two steps, against whatever this datastore is.
+    if let Ok(mut index) = RequestIndex::from_tokens(&ctx[..ctx.len() / 2]) {
+        let _ = index.candidates(Some(ds), p);
+        if index.extend(&ctx[ctx.len() / 2..]).is_ok() {
+            let _ = retrieve(&mut [index], &[0, 0], Some(ds), p);
+        }
+    }
     // A loaded datastore writes back the bytes it was read from.
     assert_eq!(
         Datastore::from_bytes(&ds.to_bytes(), "again").as_ref(),
@@ -494,6 +534,57 @@ proptest! {
             Err(e) => prop_assert!(too_large && matches!(e, Error::TooLarge { .. }), "{:?}", e),
         }
         let _ = sam.query_context(&ctx, &p);
+    }
+
+    /// Batches of requests (rows repeating or naming no request), with and without a datastore,
+    /// queried with hostile parameters over several steps.
+    #[test]
+    fn retrieve_hostile_batches(
+        texts in prop::collection::vec(prop::collection::vec(0i64..5, 0..12), 0..4),
+        rows in prop::collection::vec(0usize..5, 0..6),
+        corpus in prop::collection::vec(prop_oneof![4 => 0i64..5, 1 => Just(-1i64)], 0..40),
+        steps in prop::collection::vec(prop::collection::vec(token(), 0..4), 1..4),
+        with_store in any::<bool>(),
+        p in hostile_params(),
+    ) {
+        let ds = Datastore::build(&corpus).unwrap();
+        let store = with_store.then_some(&ds);
+        let mut requests: Vec<RequestIndex> =
+            texts.iter().map(|t| RequestIndex::from_tokens(t).unwrap()).collect();
+        let too_large = [p.k.max(1), p.length.max(1)]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_none_or(|n| n > MAX_QUERY_TOKENS);
+        let bad_row = rows.iter().any(|&r| r >= requests.len());
+        for new in &steps {
+            match retrieve(&mut requests, &rows, store, &p) {
+                Ok(out) => {
+                    prop_assert!(!too_large && !bad_row);
+                    prop_assert_eq!(out.batch, Some(rows.len()));
+                    check_arrays(&out, &p);
+                }
+                Err(e) => {
+                    let expected = match e {
+                        Error::TooLarge { arg: "k * length", .. } => true,
+                        Error::Inconsistent { arg: "rows", .. } => bad_row,
+                        _ => false,
+                    };
+                    prop_assert!(expected, "unexpected error {:?}", e);
+                }
+            }
+            for r in requests.iter_mut() {
+                let before = r.automaton().len();
+                if r.extend(new).is_err() {
+                    prop_assert_eq!(r.automaton().len(), before);
+                }
+            }
+        }
+        for r in &requests {
+            if let Ok(one) = r.query_packed(None, &p) {
+                prop_assert_eq!(one.batch, None);
+                check_arrays(&one, &p);
+            }
+        }
     }
 }
 

@@ -84,3 +84,12 @@ pub fn count_cap(arg: &str, value: i64) -> PyResult<u32> {
     int_at_least(arg, value, 0)?;
     Ok(u32::try_from(value).unwrap_or(u32::MAX))
 }
+
+/// A core size (a default, a count) as a Python integer; saturates past `i64::MAX`.
+pub const fn int(n: usize) -> i64 {
+    if n > i64::MAX as usize {
+        i64::MAX
+    } else {
+        n as i64
+    }
+}

@@ -21,10 +21,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<tree::PyAcceptance>()?;
     m.add_function(wrap_pyfunction!(tree::pack_beams, m)?)?;
     m.add_function(wrap_pyfunction!(tree::accept, m)?)?;
-    m.add_class::<retrieval::PySuffixAutomaton>()?;
-    m.add_class::<retrieval::PyDatastore>()?;
-    m.add_class::<retrieval::PyCandidates>()?;
-    m.add_function(wrap_pyfunction!(retrieval::retrieve, m)?)?;
+    retrieval::register(m)?;
     kernels::register(m)?;
     Ok(())
 }

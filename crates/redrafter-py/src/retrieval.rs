@@ -1,20 +1,62 @@
-//! Retrieval bindings: `SuffixAutomaton` (one per request), `Datastore` (shared, read-only)
-//! and `retrieve` (every row of a decode step in one call).
+//! Retrieval bindings: `SuffixAutomaton` (one per request), `Datastore` (shared, read-only),
+//! `retrieve` (every row of a decode step in one call) and `RETRIEVAL_DEFAULTS`. The logic
+//! (defaults, datastore cursors, candidate padding) is the core's; each call here converts
+//! its arguments, runs one core function without the GIL, and moves the arrays out.
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use numpy::{PyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use redrafter_core as core;
 
-use crate::convert::{borrow_i64, count_cap, int_at_least, into_numpy, slice_of};
+use crate::convert::{borrow_i64, count_cap, int, int_at_least, into_numpy, slice_of};
 use crate::errors::{binding_err, to_py_err};
 
-/// Distinguishes datastores, so a request's cursor is never used with another one.
-static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
+/// Defaults of `SuffixAutomaton.query` and `retrieve` (a request's own text).
+const OWN: core::QueryParams = core::QueryParams::DEFAULT;
+/// Defaults of `Datastore.query`.
+const STORE: core::QueryParams = core::QueryParams::DATASTORE;
+
+/// Registers the retrieval classes, `retrieve` and `RETRIEVAL_DEFAULTS`.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PySuffixAutomaton>()?;
+    m.add_class::<PyDatastore>()?;
+    m.add_class::<PyCandidates>()?;
+    m.add_function(wrap_pyfunction!(retrieve, m)?)?;
+    m.add("RETRIEVAL_DEFAULTS", defaults(m.py())?)
+}
+
+/// `RETRIEVAL_DEFAULTS`: the core's defaults by call, then by argument name.
+fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let params = |p: core::QueryParams, names: &[&str]| -> PyResult<Bound<'_, PyDict>> {
+        let d = PyDict::new(py);
+        let values = [
+            ("k", int(p.k)),
+            ("length", int(p.length)),
+            ("min_match", int(p.min_match)),
+            ("count_cap", i64::from(p.count_cap)),
+            ("max_levels", int(p.max_levels)),
+        ];
+        for (name, value) in values.into_iter().filter(|(n, _)| names.contains(n)) {
+            d.set_item(name, value)?;
+        }
+        Ok(d)
+    };
+    let every = ["k", "length", "min_match", "count_cap", "max_levels"];
+    let count = PyDict::new(py);
+    count.set_item("cap", i64::from(core::UNCAPPED))?;
+    let out = PyDict::new(py);
+    out.set_item("query", params(OWN, &every)?)?;
+    out.set_item("datastore_query", params(STORE, &every)?)?;
+    out.set_item("count", count)?;
+    out.set_item("draft", params(core::QueryParams::DRAFT, &every[2..])?)?;
+    Ok(out)
+}
 
 /// Query parameters from the Python integers: each must be >= 0 (`count_cap` saturates at
-/// 2^32 - 1), and `k * length` is bounded by `MAX_QUERY_TOKENS`.
+/// 2^32 - 1), and `k * length` is bounded by `MAX_QUERY_TOKENS` (checked here first, so that
+/// this error comes before any about the other arguments).
 fn params(
     k: i64,
     length: i64,
@@ -33,26 +75,16 @@ fn params(
     Ok(p)
 }
 
-/// `vec![value; len]` that raises `RedrafterError` instead of aborting when memory is short.
-fn filled<T: Clone>(value: T, len: usize, what: &str) -> PyResult<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| {
-        binding_err(format!(
-            "cannot allocate {what} ({len} elements): out of memory"
-        ))
-    })?;
-    v.resize(len, value);
-    Ok(v)
-}
-
-/// Borrows a 1-d int64 array and runs `f` on its data.
-fn with_tokens<T>(
+/// Borrows a 1-d int64 array and runs `f` on its data without the GIL.
+fn with_tokens<T: Send>(
+    py: Python<'_>,
     obj: &Bound<'_, PyAny>,
     arg: &str,
-    f: impl FnOnce(&[i64]) -> core::Result<T>,
+    f: impl FnOnce(&[i64]) -> core::Result<T> + Send,
 ) -> PyResult<T> {
     let arr = borrow_i64(obj, arg, 1, "[T]")?;
-    f(slice_of(&arr, arg)?).map_err(to_py_err)
+    let tokens = slice_of(&arr, arg)?;
+    py.detach(|| f(tokens)).map_err(to_py_err)
 }
 
 /// Retrieval candidates (see `SuffixAutomaton.query` and `retrieve`).
@@ -82,74 +114,20 @@ impl PyCandidates {
     }
 }
 
-/// Flat candidate arrays for `rows` rows of `k` slots of `length` tokens.
-struct Packed {
-    tokens: Vec<i64>,
-    lengths: Vec<i64>,
-    match_len: Vec<i64>,
-    count: Vec<i64>,
-    num: Vec<i64>,
-}
-
-impl Packed {
-    /// Room for `rows * k` candidates of `length` tokens: at most `MAX_QUERY_TOKENS` slots
-    /// (counting `k` and `length` as at least 1), else `RedrafterError`.
-    fn new(rows: usize, k: usize, length: usize) -> PyResult<Self> {
-        let dims = [rows as u128, k.max(1) as u128, length.max(1) as u128];
-        let requested = dims.iter().try_fold(1u128, |a, &d| a.checked_mul(d));
-        let limit = core::MAX_QUERY_TOKENS;
-        if requested.is_none_or(|n| n > limit as u128) {
-            return Err(to_py_err(core::Error::TooLarge {
-                arg: "k * length",
-                what: format!(
-                    "the candidates of {rows} rows, k = {k} candidates of length = {length} tokens"
-                ),
-                requested,
-                limit,
-                limit_name: "MAX_QUERY_TOKENS",
-            }));
-        }
-        // The bound above keeps every product below 2^24.
-        let slots = rows * k;
+impl PyCandidates {
+    /// Moves the core's arrays into numpy arrays (no copy).
+    fn new(py: Python<'_>, c: core::CandidateArrays) -> PyResult<Self> {
+        let slots = c.slot_shape();
+        let tokens = [&slots[..], &[c.length]].concat();
+        let rows: Vec<usize> = c.batch.into_iter().collect();
         Ok(Self {
-            tokens: filled(-1, slots * length, "the candidate tokens")?,
-            lengths: filled(0, slots, "the candidate lengths")?,
-            match_len: filled(0, slots, "the candidate match lengths")?,
-            count: filled(0, slots, "the candidate counts")?,
-            num: filled(0, rows, "the candidate numbers")?,
+            tokens: into_numpy(py, c.tokens, &tokens)?.unbind(),
+            lengths: into_numpy(py, c.lengths, &slots)?.unbind(),
+            match_len: into_numpy(py, c.match_len, &slots)?.unbind(),
+            count: into_numpy(py, c.count, &slots)?.unbind(),
+            num: into_numpy(py, c.num, &rows)?.unbind(),
         })
     }
-
-    fn put(&mut self, row: usize, k: usize, length: usize, cands: &[core::Candidate]) {
-        for (j, c) in cands.iter().take(k).enumerate() {
-            let slot = row * k + j;
-            let n = c.tokens.len().min(length);
-            self.tokens[slot * length..slot * length + n].copy_from_slice(&c.tokens[..n]);
-            self.lengths[slot] = n as i64;
-            self.match_len[slot] = c.match_len as i64;
-            self.count[slot] = i64::from(c.count);
-        }
-        self.num[row] = cands.len().min(k) as i64;
-    }
-
-    fn into_py(self, py: Python<'_>, dims: &[usize], length: usize) -> PyResult<PyCandidates> {
-        let mut token_dims = dims.to_vec();
-        token_dims.push(length);
-        Ok(PyCandidates {
-            tokens: into_numpy(py, self.tokens, &token_dims)?.unbind(),
-            lengths: into_numpy(py, self.lengths, dims)?.unbind(),
-            match_len: into_numpy(py, self.match_len, dims)?.unbind(),
-            count: into_numpy(py, self.count, dims)?.unbind(),
-            num: into_numpy(py, self.num, &dims[..dims.len() - 1])?.unbind(),
-        })
-    }
-}
-
-/// One query's candidates as a `Candidates` with K' = the number found.
-fn single(py: Python<'_>, cands: &[core::Candidate], length: usize) -> PyResult<PyCandidates> {
-    let mut packed = Packed::new(1, cands.len(), length)?;
-    packed.put(0, cands.len(), length, cands);
-    packed.into_py(py, &[cands.len()], length)
 }
 
 /// Incremental suffix automaton over one request's tokens (prompt, then generated tokens).
@@ -158,34 +136,42 @@ fn single(py: Python<'_>, cands: &[core::Candidate], length: usize) -> PyResult<
 /// text's end from its earlier occurrences, ranked by (match length, frequency).
 #[pyclass(name = "SuffixAutomaton", module = "redrafter_rs._core")]
 pub struct PySuffixAutomaton {
-    sam: core::SuffixAutomaton,
-    /// Datastore cursor: (datastore id, cursor, tokens of this text fed to it).
-    store: Option<(u64, core::Cursor, usize)>,
+    /// The automaton and its datastore cursor.
+    index: core::RequestIndex,
 }
 
 #[pymethods]
 impl PySuffixAutomaton {
     #[new]
     #[pyo3(signature = (tokens = None))]
-    fn new(tokens: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let mut sam = core::SuffixAutomaton::new();
-        if let Some(t) = tokens {
-            with_tokens(t, "tokens", |s| sam.extend(s))?;
-        }
-        Ok(Self { sam, store: None })
+    fn new(py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let index = match tokens {
+            None => core::RequestIndex::new(),
+            Some(t) => with_tokens(py, t, "tokens", core::RequestIndex::from_tokens)?,
+        };
+        Ok(Self { index })
     }
 
     /// Appends tokens (int64 [T], all >= 0).
-    fn extend(&mut self, tokens: &Bound<'_, PyAny>) -> PyResult<()> {
-        let sam = &mut self.sam;
-        with_tokens(tokens, "tokens", |s| sam.extend(s))
+    fn extend(&mut self, py: Python<'_>, tokens: &Bound<'_, PyAny>) -> PyResult<()> {
+        let index = &mut self.index;
+        with_tokens(py, tokens, "tokens", |s| index.extend(s))
     }
 
     /// Up to `k` continuations of up to `length` tokens. Without `context`: of this text's own
     /// end (from its earlier occurrences, repeating periodically into the future); with
     /// `context` (int64 [T]): of that context's end, from this text. Every integer must be
-    /// >= 0, and k * length at most MAX_QUERY_TOKENS (2^24).
-    #[pyo3(signature = (k = 4, length = 4, *, context = None, min_match = 1, count_cap = 16, max_levels = 8))]
+    /// >= 0, and k * length at most MAX_QUERY_TOKENS (2^24). Defaults:
+    /// RETRIEVAL_DEFAULTS["query"].
+    #[pyo3(signature = (
+        k = int(OWN.k),
+        length = int(OWN.length),
+        *,
+        context = None,
+        min_match = int(OWN.min_match),
+        count_cap = i64::from(OWN.count_cap),
+        max_levels = int(OWN.max_levels),
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn query(
         &self,
@@ -198,39 +184,46 @@ impl PySuffixAutomaton {
         max_levels: i64,
     ) -> PyResult<PyCandidates> {
         let p = params(k, length, min_match, count_cap, max_levels)?;
-        let cands = match context {
-            None => self.sam.query(&p).map_err(to_py_err)?,
-            Some(c) => with_tokens(c, "context", |s| self.sam.query_context(s, &p))?,
+        let index = &self.index;
+        let found = match context {
+            None => py
+                .detach(|| index.query_packed(None, &p))
+                .map_err(to_py_err)?,
+            Some(c) => with_tokens(py, c, "context", |s| index.query_packed(Some(s), &p))?,
         };
-        single(py, &cands, p.length)
+        PyCandidates::new(py, found)
     }
 
-    /// Occurrences of `pattern` (int64 [T]) in the text, at most `cap` (>= 0).
-    #[pyo3(signature = (pattern, cap = i64::from(u32::MAX)))]
-    fn count(&self, pattern: &Bound<'_, PyAny>, cap: i64) -> PyResult<u32> {
+    /// Occurrences of `pattern` (int64 [T]) in the text, at most `cap` (>= 0; default
+    /// RETRIEVAL_DEFAULTS["count"]["cap"]).
+    #[pyo3(signature = (pattern, cap = i64::from(core::UNCAPPED)))]
+    fn count(&self, py: Python<'_>, pattern: &Bound<'_, PyAny>, cap: i64) -> PyResult<u32> {
         let cap = count_cap("cap", cap)?;
-        with_tokens(pattern, "pattern", |s| Ok(self.sam.count(s, cap)))
+        let sam = self.index.automaton();
+        with_tokens(py, pattern, "pattern", |s| Ok(sam.count(s, cap)))
     }
 
     /// The indexed tokens (a copy), int64 [T].
     fn tokens<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
-        into_numpy(py, self.sam.tokens().to_vec(), &[self.sam.len()])
+        let sam = self.index.automaton();
+        into_numpy(py, sam.tokens().to_vec(), &[sam.len()])
     }
 
     #[getter]
     fn num_states(&self) -> usize {
-        self.sam.num_states()
+        self.index.automaton().num_states()
     }
 
     fn __len__(&self) -> usize {
-        self.sam.len()
+        self.index.automaton().len()
     }
 
     fn __repr__(&self) -> String {
+        let sam = self.index.automaton();
         format!(
             "SuffixAutomaton(tokens={}, states={})",
-            self.sam.len(),
-            self.sam.num_states()
+            sam.len(),
+            sam.num_states()
         )
     }
 }
@@ -240,16 +233,6 @@ impl PySuffixAutomaton {
 #[pyclass(frozen, name = "Datastore", module = "redrafter_rs._core")]
 pub struct PyDatastore {
     inner: core::Datastore,
-    id: u64,
-}
-
-impl PyDatastore {
-    fn wrap(inner: core::Datastore) -> Self {
-        Self {
-            inner,
-            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
-        }
-    }
 }
 
 #[pymethods]
@@ -257,12 +240,8 @@ impl PyDatastore {
     /// Indexes a corpus (int64 [T]); negative ids separate documents.
     #[staticmethod]
     fn build(py: Python<'_>, tokens: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let arr = borrow_i64(tokens, "tokens", 1, "[T]")?;
-        let data = slice_of(&arr, "tokens")?;
-        let inner = py
-            .detach(|| core::Datastore::build(data))
-            .map_err(to_py_err)?;
-        Ok(Self::wrap(inner))
+        let inner = with_tokens(py, tokens, "tokens", core::Datastore::build)?;
+        Ok(Self { inner })
     }
 
     /// Reads a datastore file; a missing, foreign, truncated or corrupt file raises
@@ -272,7 +251,7 @@ impl PyDatastore {
         let inner = py
             .detach(|| core::Datastore::load(&path))
             .map_err(to_py_err)?;
-        Ok(Self::wrap(inner))
+        Ok(Self { inner })
     }
 
     /// Writes the datastore file atomically.
@@ -281,8 +260,17 @@ impl PyDatastore {
     }
 
     /// Up to `k` continuations of `context` (int64 [T]) from the corpus. Every integer must be
-    /// >= 0, and k * length at most MAX_QUERY_TOKENS (2^24).
-    #[pyo3(signature = (context, k = 4, length = 4, *, min_match = 1, count_cap = i64::from(u32::MAX), max_levels = 8))]
+    /// >= 0, and k * length at most MAX_QUERY_TOKENS (2^24). Defaults:
+    /// RETRIEVAL_DEFAULTS["datastore_query"].
+    #[pyo3(signature = (
+        context,
+        k = int(STORE.k),
+        length = int(STORE.length),
+        *,
+        min_match = int(STORE.min_match),
+        count_cap = i64::from(STORE.count_cap),
+        max_levels = int(STORE.max_levels),
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn query(
         &self,
@@ -295,15 +283,16 @@ impl PyDatastore {
         max_levels: i64,
     ) -> PyResult<PyCandidates> {
         let p = params(k, length, min_match, count_cap, max_levels)?;
-        let cands = with_tokens(context, "context", |s| self.inner.query(s, &p))?;
-        single(py, &cands, p.length)
+        let found = with_tokens(py, context, "context", |s| self.inner.query_packed(s, &p))?;
+        PyCandidates::new(py, found)
     }
 
-    /// Occurrences of `pattern` (int64 [T]) in the corpus, at most `cap` (>= 0).
-    #[pyo3(signature = (pattern, cap = i64::from(u32::MAX)))]
-    fn count(&self, pattern: &Bound<'_, PyAny>, cap: i64) -> PyResult<u32> {
+    /// Occurrences of `pattern` (int64 [T]) in the corpus, at most `cap` (>= 0; default
+    /// RETRIEVAL_DEFAULTS["count"]["cap"]).
+    #[pyo3(signature = (pattern, cap = i64::from(core::UNCAPPED)))]
+    fn count(&self, py: Python<'_>, pattern: &Bound<'_, PyAny>, cap: i64) -> PyResult<u32> {
         let cap = count_cap("cap", cap)?;
-        with_tokens(pattern, "pattern", |s| Ok(self.inner.count(s, cap)))
+        with_tokens(py, pattern, "pattern", |s| Ok(self.inner.count(s, cap)))
     }
 
     #[getter]
@@ -340,9 +329,18 @@ impl PyDatastore {
 /// automaton follows its new tokens, amortised O(1) each). Both lists are merged by (match
 /// length, count), own text first on ties, duplicates dropped. Returns `Candidates` with
 /// `tokens` [B, k, length]. Every integer must be >= 0, and B * k * length at most
-/// MAX_QUERY_TOKENS (2^24).
+/// MAX_QUERY_TOKENS (2^24). Defaults: RETRIEVAL_DEFAULTS["query"].
 #[pyfunction]
-#[pyo3(signature = (automata, k, length, *, datastore = None, min_match = 1, count_cap = 16, max_levels = 8))]
+#[pyo3(signature = (
+    automata,
+    k,
+    length,
+    *,
+    datastore = None,
+    min_match = int(OWN.min_match),
+    count_cap = i64::from(OWN.count_cap),
+    max_levels = int(OWN.max_levels),
+))]
 #[allow(clippy::too_many_arguments)]
 pub fn retrieve(
     py: Python<'_>,
@@ -355,46 +353,35 @@ pub fn retrieve(
     max_levels: i64,
 ) -> PyResult<PyCandidates> {
     let p = params(k, length, min_match, count_cap, max_levels)?;
-    let (k, length) = (p.k, p.length);
-    let rows: Vec<Bound<'_, PyAny>> = automata.try_iter()?.collect::<PyResult<_>>()?;
-    let store = datastore.map(|d| d.get());
-    let mut packed = Packed::new(rows.len(), k, length)?;
-    for (b, obj) in rows.iter().enumerate() {
+    // Each distinct automaton is borrowed once; `rows[b]` says which one row b continues (a
+    // list may name one automaton several times).
+    let mut held: Vec<PyRefMut<'_, PySuffixAutomaton>> = Vec::new();
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    let mut rows: Vec<usize> = Vec::new();
+    for (b, obj) in automata.try_iter()?.enumerate() {
+        let obj = obj?;
         let cell = obj
             .cast::<PySuffixAutomaton>()
             .map_err(|_| binding_err(format!("automata[{b}]: expected a SuffixAutomaton")))?;
-        let mut row = cell
-            .try_borrow_mut()
-            .map_err(|_| binding_err(format!("automata[{b}]: in use elsewhere")))?;
-        let own = row.sam.query(&p).map_err(to_py_err)?;
-        let cands = match store {
-            None => own,
-            Some(ds) => {
-                let found = row.store_query(ds, &p)?;
-                core::merge_candidates(vec![own, found], k)
+        let key = cell.as_ptr() as usize;
+        let slot = match seen.get(&key) {
+            Some(&slot) => slot,
+            None => {
+                let row = cell
+                    .try_borrow_mut()
+                    .map_err(|_| binding_err(format!("automata[{b}]: in use elsewhere")))?;
+                held.push(row);
+                seen.insert(key, held.len() - 1);
+                held.len() - 1
             }
         };
-        packed.put(b, k, length, &cands);
+        rows.push(slot);
     }
-    packed.into_py(py, &[rows.len(), k], length)
-}
-
-impl PySuffixAutomaton {
-    /// Catches this text's datastore cursor up with the text, then queries at it.
-    fn store_query(
-        &mut self,
-        ds: &PyDatastore,
-        p: &core::QueryParams,
-    ) -> PyResult<Vec<core::Candidate>> {
-        let n = self.sam.len();
-        let (mut cursor, mut fed) = match self.store {
-            Some((id, c, fed)) if id == ds.id && fed <= n => (c, fed),
-            _ => (core::Cursor::default(), 0),
-        };
-        let new = &self.sam.tokens()[fed..];
-        ds.inner.advance(&mut cursor, new).map_err(to_py_err)?;
-        fed = n;
-        self.store = Some((ds.id, cursor, fed));
-        ds.inner.query_at(&cursor, p).map_err(to_py_err)
-    }
+    let mut requests: Vec<&mut core::RequestIndex> =
+        held.iter_mut().map(|r| &mut r.index).collect();
+    let store = datastore.map(|d| &d.get().inner);
+    let found = py
+        .detach(|| core::retrieve(&mut requests, &rows, store, &p))
+        .map_err(to_py_err)?;
+    PyCandidates::new(py, found)
 }

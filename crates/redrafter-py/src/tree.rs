@@ -146,7 +146,11 @@ pub fn pack_beams(
         .transpose()?;
     let arr = borrow_i64(beams, "beams", 3, "[B, W, L]")?;
     let shape = dims3(arr.shape());
-    let tree = core::pack_beams(slice_of(&arr, "beams")?, shape, vocab_size).map_err(to_py_err)?;
+    let beams = slice_of(&arr, "beams")?;
+    // The GIL is released while the core works (a caller's other threads keep running).
+    let tree = py
+        .detach(|| core::pack_beams(beams, shape, vocab_size))
+        .map_err(to_py_err)?;
     PyTree::from_core(py, tree)
 }
 
@@ -184,12 +188,18 @@ pub fn accept(
         "[B, W, L] (the beams the tree was packed from)",
     )?;
     let beam_shape = dims3(beams_arr.shape());
-    view.check_beams(slice_of(&beams_arr, "beams")?, beam_shape)
-        .map_err(to_py_err)?;
+    let beams = slice_of(&beams_arr, "beams")?;
     let choice_arr = borrow_i64(choice, "choice", 2, "[B, N]")?;
-    let cs = choice_arr.shape();
-    let acc =
-        core::accept(&view, slice_of(&choice_arr, "choice")?, [cs[0], cs[1]]).map_err(to_py_err)?;
-    let plan = core::plan_kv(&acc).map_err(to_py_err)?;
+    let cs = [choice_arr.shape()[0], choice_arr.shape()[1]];
+    let choice = slice_of(&choice_arr, "choice")?;
+    // The GIL is released while the core works (a caller's other threads keep running).
+    let (acc, plan) = py
+        .detach(|| -> core::Result<_> {
+            view.check_beams(beams, beam_shape)?;
+            let acc = core::accept(&view, choice, cs)?;
+            let plan = core::plan_kv(&acc)?;
+            Ok((acc, plan))
+        })
+        .map_err(to_py_err)?;
     PyAcceptance::from_core(py, acc, plan)
 }
