@@ -20,7 +20,7 @@ def _describe(value: object) -> str:
 
 
 def is_int(value: object) -> bool:
-    """An integer that is not a bool (numpy and torch integer scalars included)."""
+    """An integer that is not a bool (numpy integer scalars included; not 0-d tensors)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 

@@ -46,7 +46,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from redrafter_rs._common import (
+    cuda_sync,
+    pad_id,
+    parse_shapes,
+    read_jsonl,
+    tau_of,
+    verified_tokens,
+)
 from redrafter_rs._validate import nonnegative_int, positive_int
+from redrafter_rs.policy import shape_name
 
 DEFAULT_GRID = ((1, 3), (1, 4), (2, 4), (4, 4), (4, 5))  # small trees: see benchmarks/README.md
 DEFAULT_RETRIEVAL_GRID = ((1, 8),)  # retrieval alone: one long candidate, like prompt lookup
@@ -123,23 +132,21 @@ def load_prompts(config: BenchConfig, tokenizer) -> list[Prompt]:
     from redrafter_rs.data import chat_prompt, mt_bench_questions
     from redrafter_rs.errors import check
 
-    rows = mt_bench_questions() if config.prompts is None else _read_jsonl(config.prompts)
+    if config.prompts is None:
+        rows = list(enumerate(mt_bench_questions(), 1))
+    else:
+        rows = list(read_jsonl(config.prompts))
     prompts = []
-    for i, row in enumerate(rows):
+    for i, (line, row) in enumerate(rows):
         if "turns" in row:
             text = row["turns"][0]
             text = chat_prompt(tokenizer, text) if config.chat else text
         else:
-            check("prompt" in row, f"{config.prompts}: line {i + 1} has no 'prompt' or 'turns'")
+            check("prompt" in row, f"{config.prompts}:{line}: no 'prompt' or 'turns'")
             text = row["prompt"]
         qid = str(row.get("question_id", row.get("id", i)))
         prompts.append(Prompt(qid, str(row.get("category", "")), text))
     return prompts
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def spread(items: list, n: int) -> list:
@@ -151,29 +158,18 @@ def spread(items: list, n: int) -> list:
 
 # ---- loading ------------------------------------------------------------------------------
 def load_setup(config: BenchConfig) -> Setup:
-    from redrafter_rs.assets import DEFAULT_DRAFTER, load_default_drafter
-    from redrafter_rs.drafter import CONFIG_NAME, RecurrentDrafter
-    from redrafter_rs.models import load_model
+    from redrafter_rs.assets import load_drafter
+    from redrafter_rs.models import load_causal_lm, load_model
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
     model, tok = load_model(config.model, dtype=dtype, device=config.device)
     notes: list[str] = []
-    drafter, label = None, "none"
-    if config.drafter:
-        drafter = RecurrentDrafter.from_pretrained(config.drafter, target=model)
-        label = config.drafter
-    elif config.model in ("default", "SmolLM2-135M-Instruct"):
-        drafter = load_default_drafter(model)
-        shipped = (DEFAULT_DRAFTER / CONFIG_NAME).is_file()
-        label = f"shipped ({DEFAULT_DRAFTER.name})" if shipped else "untrained (none shipped yet)"
-    else:
+    drafter, label = load_drafter(model, config.drafter, model_name=config.model)
+    if drafter is None:
         notes.append(f"no drafter for {config.model}: ReDrafter skipped (pass --drafter DIR)")
     assistant = None
     if config.assistant:
-        from transformers import AutoModelForCausalLM
-
-        assistant = AutoModelForCausalLM.from_pretrained(config.assistant, dtype=dtype)
-        assistant = assistant.to(config.device).eval()
+        assistant = load_causal_lm(config.assistant, dtype, config.device)
     return Setup(model, tok, drafter, label, assistant, notes)
 
 
@@ -190,10 +186,7 @@ class _ForwardCounter:
 
 
 def _hf_runner(model: nn.Module, n: int, **kwargs) -> Callable:
-    pad = getattr(model.generation_config, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(model.generation_config, "eos_token_id", None)
-        pad = pad[0] if isinstance(pad, list) else pad
+    pad = pad_id(model)
 
     def run(ids: torch.Tensor) -> tuple[list[int], dict]:
         counter = _ForwardCounter(model)
@@ -241,7 +234,7 @@ def _engine_runner(
             hist[a] += 1
         info = {
             "steps": stats.steps,
-            "verified_tokens": sum(stats.accepted_per_step) + stats.steps,
+            "verified_tokens": verified_tokens(sum(stats.accepted_per_step), stats.steps),
             "accepted_hist": hist,  # steps that accepted 0, 1, ..., L-1 draft tokens
             "shapes": dict(stats.shapes),  # "WxL" -> steps (several with adaptive)
             "phases_s": _phases(stats.time_s),
@@ -273,14 +266,14 @@ def build_methods(config: BenchConfig, setup: Setup) -> tuple[list[Method], dict
     ]
     skipped: dict[str, str] = {}
     for W, L in config.grid:
-        name = f"redrafter_{W}x{L}"
+        name = f"redrafter_{shape_name((W, L))}"
         if setup.drafter is None:
             skipped[name] = "no drafter for this model"
             continue
         methods.append(Method(name, _engine_runner(model, setup.drafter, n, W, L), shape=(W, L)))
     for W, L, N in config.tree_grid if setup.drafter is not None else ():
         run = _engine_runner(model, setup.drafter, n, W, L, tree_nodes=N)
-        methods.append(Method(f"redrafter_{W}x{L}n{N}", run, shape=(W, L)))
+        methods.append(Method(f"redrafter_{shape_name((W, L, N))}", run, shape=(W, L)))
     if setup.drafter is not None and config.adaptive:
         W, L = _grid_bound(config.grid)
         run = _engine_runner(model, setup.drafter, n, W, L, adaptive=True)
@@ -291,7 +284,7 @@ def build_methods(config: BenchConfig, setup: Setup) -> tuple[list[Method], dict
         oracle = OracleDrafter(model.get_input_embeddings().weight.shape[0])
         for W, L in config.grid:
             run = _engine_runner(model, oracle, n, W, L)
-            methods.append(Method(f"oracle_{W}x{L}", run, shape=(W, L), oracle=oracle))
+            methods.append(Method(f"oracle_{shape_name((W, L))}", run, shape=(W, L), oracle=oracle))
     lookup = _hf_runner(model, n, prompt_lookup_num_tokens=config.prompt_lookup_tokens)
     methods.append(Method("hf_prompt_lookup", lookup))
     if setup.assistant is not None:
@@ -314,7 +307,7 @@ def _retrieval_methods(config: BenchConfig, setup: Setup) -> list[Method]:
     model, n = setup.model, config.max_new_tokens
     methods = [
         Method(
-            f"retrieval_{W}x{L}",
+            f"retrieval_{shape_name((W, L))}",
             _engine_runner(model, None, n, W, L, RetrievalConfig()),
             shape=(W, L),
         )
@@ -323,10 +316,12 @@ def _retrieval_methods(config: BenchConfig, setup: Setup) -> list[Method]:
     if setup.drafter is not None:
         for W, L in config.grid:
             run = _engine_runner(model, setup.drafter, n, W, L, RetrievalConfig())
-            methods.append(Method(f"redrafter+retrieval_{W}x{L}", run, shape=(W, L)))
+            methods.append(Method(f"redrafter+retrieval_{shape_name((W, L))}", run, shape=(W, L)))
         for W, L, N in config.tree_grid:
             run = _engine_runner(model, setup.drafter, n, W, L, RetrievalConfig(), tree_nodes=N)
-            methods.append(Method(f"redrafter+retrieval_{W}x{L}n{N}", run, shape=(W, L)))
+            methods.append(
+                Method(f"redrafter+retrieval_{shape_name((W, L, N))}", run, shape=(W, L))
+            )
         if config.adaptive:
             W, L = _grid_bound(config.grid)
             run = _engine_runner(model, setup.drafter, n, W, L, RetrievalConfig(), adaptive=True)
@@ -377,21 +372,16 @@ def _selected(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 # ---- running ------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _run_one(method: Method, model: nn.Module, ids: torch.Tensor) -> tuple[list[int], dict]:
     from redrafter_rs import fastpath
 
     if method.fast:
         fastpath.set_active(model, True)
     try:
-        _sync(ids.device)
+        cuda_sync(ids.device)
         t = time.perf_counter()
         new, info = method.run(ids)
-        _sync(ids.device)
+        cuda_sync(ids.device)
         info["time_s"] = time.perf_counter() - t
     finally:
         if method.fast:
@@ -620,8 +610,8 @@ def _method_summary(recs: list[dict], base: dict[int, dict]) -> dict:
         "time_split": None,
     }
     steps = sum(r.get("steps", 0) for r in recs)
-    if steps:
-        out["tau"] = sum(r["verified_tokens"] for r in recs) / steps
+    if steps:  # accepted draft tokens: verified tokens past each step's bonus token
+        out["tau"] = tau_of(sum(r["verified_tokens"] for r in recs) - steps, steps)
     hists = [r["accepted_hist"] for r in recs if "accepted_hist" in r]
     if hists:
         hist = [sum(col) for col in zip(*hists, strict=True)]
@@ -655,7 +645,7 @@ def _source_summary(per_record: list[dict]) -> dict:
         out[name] = {
             "steps": steps,
             "matched": matched,
-            "tau": (matched + steps) / steps if steps else None,
+            "tau": tau_of(matched, steps) if steps else None,
             "win_rate": wins / steps if steps else None,
         }
     return out
@@ -887,29 +877,25 @@ def write_reports(report: dict, out: str | Path) -> dict[str, Path]:
 
 
 # ---- command line -------------------------------------------------------------------------
+def _parse_shapes(text: str, size: int, flag: str, example: str) -> tuple:
+    """Comma-separated shapes of `size` numbers (`_common.parse_shapes`), for argparse."""
+    try:
+        grid = parse_shapes(text)
+    except ValueError:
+        grid = ()
+    if not grid or any(len(g) != size for g in grid):
+        raise argparse.ArgumentTypeError(f"{flag}: expected e.g. {example}, got {text!r}")
+    return grid
+
+
 def parse_grid(text: str) -> tuple[tuple[int, int], ...]:
     """Parse a grid such as "1x4,4x4,8x5" into ((1, 4), (4, 4), (8, 5))."""
-    try:
-        grid = tuple(tuple(int(v) for v in item.lower().split("x")) for item in text.split(","))
-    except ValueError:
-        grid = ((),)
-    if not all(len(g) == 2 and g[0] >= 1 and g[1] >= 1 for g in grid):
-        raise argparse.ArgumentTypeError(f"--grid: expected e.g. 1x4,4x4,8x5, got {text!r}")
-    return grid
+    return _parse_shapes(text, 2, "--grid", "1x4,4x4,8x5")
 
 
 def parse_tree_grid(text: str) -> tuple[tuple[int, int, int], ...]:
     """Parse best-nodes trees such as "4x4n3,4x5n9" into ((4, 4, 3), (4, 5, 9))."""
-    try:
-        grid = tuple(
-            (*parse_grid(beams)[0], int(nodes))
-            for beams, _, nodes in (item.lower().partition("n") for item in text.split(","))
-        )
-    except (ValueError, argparse.ArgumentTypeError):
-        grid = ((0, 0, 0),)
-    if not all(min(g) >= 1 for g in grid):
-        raise argparse.ArgumentTypeError(f"--tree-grid: expected e.g. 4x4n3,4x5n9, got {text!r}")
-    return grid
+    return _parse_shapes(text, 3, "--tree-grid", "4x4n3,4x5n9")
 
 
 def add_parser(sub) -> None:

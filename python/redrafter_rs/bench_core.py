@@ -96,12 +96,12 @@ def time_step(model, drafter, prompts: list[list[int]], W: int, L: int, steps: i
 
 
 def _step_inputs(batch: int):
-    from redrafter_rs.assets import load_default_drafter
+    from redrafter_rs.assets import load_drafter
     from redrafter_rs.data import chat_prompt, mt_bench_questions
-    from redrafter_rs.models import load_default_model
+    from redrafter_rs.models import load_model
 
-    model, tok = load_default_model()
-    drafter = load_default_drafter(model)
+    model, tok = load_model()
+    drafter, _ = load_drafter(model)
     questions = mt_bench_questions()
     texts = [chat_prompt(tok, questions[i * 10]["turns"][0]) for i in range(batch)]
     return model, drafter, [tok(t).input_ids for t in texts]

@@ -59,21 +59,14 @@ def _spec_kwargs(args: argparse.Namespace, max_new_tokens: int | None = None) ->
 
 
 def _load(args: argparse.Namespace):
-    from redrafter_rs.assets import DEFAULT_DRAFTER, load_default_drafter
-    from redrafter_rs.drafter import RecurrentDrafter
-    from redrafter_rs.models import load_default_model
+    from redrafter_rs.assets import load_drafter
+    from redrafter_rs.models import load_model
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    model, tok = load_default_model()
+    model, tok = load_model()
     args.fast = args.fast and model.device.type == "cpu"
-    if args.drafter:
-        drafter = RecurrentDrafter.from_pretrained(args.drafter, target=model)
-        args.drafter_label = args.drafter
-    else:
-        drafter = load_default_drafter(model)
-        shipped = (DEFAULT_DRAFTER / "config.json").is_file()
-        args.drafter_label = f"shipped ({DEFAULT_DRAFTER.name})" if shipped else "untrained"
+    drafter, args.drafter_label = load_drafter(model, args.drafter)
     return model, tok, drafter
 
 

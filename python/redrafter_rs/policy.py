@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from redrafter_rs import fastpath
+from redrafter_rs._common import cuda_sync
 
 Shape = tuple[int, ...]  # (W, L) beams or (W, L, N) a best-nodes tree
 
@@ -161,11 +162,11 @@ class ShapePolicy:
         h = torch.zeros(1, target.hidden_size, device=ids.device)
         root = ids[:, -1]
         calibration = ["__calibration__"]
-        _sync(ids.device)
+        cuda_sync(ids.device)
         t = time.perf_counter()
         for _ in range(repeats):
             proposer.draft(h, root, target.embed, shape, [ids[0]], calibration)
-        _sync(ids.device)
+        cuda_sync(ids.device)
         proposer.release(calibration[0])
         return (time.perf_counter() - t) * 1e3 / repeats
 
@@ -176,10 +177,10 @@ class ShapePolicy:
         for _ in range(repeats + 1):
             cache = copy.deepcopy(prefilled)
             new = torch.randint(0, target.vocab_size, (1, m), device=target.device)
-            _sync(target.device)
+            cuda_sync(target.device)
             t = time.perf_counter()
             target.logits(target.forward(new, cache))
-            _sync(target.device)
+            cuda_sync(target.device)
             best = min(best, (time.perf_counter() - t) * 1e3)
         return best
 
@@ -262,8 +263,3 @@ def _initial_nodes(shape: Shape) -> int:
     """Tree nodes (root included) before any observation: W (L - 1) + 1 beams, N + 1 trees."""
     N = tree_nodes(shape)
     return shape[0] * (shape[1] - 1) + 1 if N is None else N + 1
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -1,6 +1,6 @@
 """Slow, readable pure-torch versions of the Rust core's `pack_beams` and `accept` (test oracle).
 
-Follows ReDrafter's tree-attention recipe (redrafter-reference.md §3): pairwise prefix equality,
+Follows ReDrafter's tree-attention recipe (docs/design.md §5): pairwise prefix equality,
 first matching beam per (beam, depth), keep the first occurrences in row-major order. A beam
 may end early (-1 from some depth on): its padded positions stay at its last real node.
 """

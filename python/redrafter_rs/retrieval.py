@@ -37,7 +37,6 @@ candidate (a plain decode step when nothing matches).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Hashable, Iterable, Iterator, Sequence
@@ -49,6 +48,7 @@ import torch
 from torch import nn
 
 from redrafter_rs import _core
+from redrafter_rs._common import read_jsonl
 from redrafter_rs._core import Datastore, SuffixAutomaton
 from redrafter_rs.drafting import DrafterAdapter
 from redrafter_rs.errors import RedrafterError, check
@@ -64,17 +64,18 @@ __all__ = [
 ]
 
 BUDGETS = ("adaptive", "fixed", "extra")
+_DRAFT = _core.RETRIEVAL_DEFAULTS["draft"]  # defined once, in the Rust core (QueryParams::DRAFT)
 
 
 @dataclass
 class RetrievalConfig:
     max_candidates: int | None = None  # retrieval beams per row at most (None: beam_width)
-    min_match: int = 2  # shortest matched context suffix that proposes anything
+    min_match: int = _DRAFT["min_match"]  # shortest matched context suffix that proposes anything
     datastore: str | Path | _core.Datastore | None = None  # file, or a loaded one (no reload)
     budget: str = "adaptive"  # split of the W beams: "adaptive", "fixed" or "extra"
     ema: float = 0.25  # weight of the newest step in the per-source acceptance averages
-    count_cap: int = 16  # occurrences are counted up to this (ranking only)
-    max_levels: int = 8  # shorter suffix matches (suffix-link levels) tried per query
+    count_cap: int = _DRAFT["count_cap"]  # occurrences are counted up to this (ranking only)
+    max_levels: int = _DRAFT["max_levels"]  # suffix-link levels (shorter matches) tried per query
 
     def __post_init__(self) -> None:
         k = self.max_candidates
@@ -244,6 +245,12 @@ class RetrievalDrafter(nn.Module):
     def source_stats(self) -> dict[str, dict]:
         return {name: s.summary() for name, s in self.stats.items()}
 
+    @property
+    def automata(self) -> dict[Hashable, _core.SuffixAutomaton]:
+        """The live requests' suffix automata by request id (a new dict per read, read-only
+        use): one per request drafted for and not yet released."""
+        return {rid: req.sam for rid, req in self._requests.items()}
+
     # ---- pieces -------------------------------------------------------------------------
     def _sync(self, request_id: Hashable, ctx: torch.Tensor) -> _Request:
         """The request's automaton, caught up with its context (prompt + emitted tokens)."""
@@ -380,18 +387,11 @@ def read_documents(paths: Sequence[str | Path], field: str = "text") -> Iterator
     """Documents of text files (one per file) and JSONL files (one per line, `field`)."""
     for path in map(Path, paths):
         check(path.is_file(), f"datastore build: {path} not found")
-        text = path.read_text(encoding="utf-8")
         if path.suffix != ".jsonl":
-            yield text
+            yield path.read_text(encoding="utf-8")
             continue
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RedrafterError(f"{path}:{i}: not valid JSON ({e})") from e
-            value = row.get(field) if isinstance(row, dict) else None
+        for i, row in read_jsonl(path):
+            value = row.get(field)
             check(value is not None, f"{path}:{i}: no field {field!r}")
             yield "\n".join(map(str, value)) if isinstance(value, list) else str(value)
 

@@ -1,6 +1,6 @@
 """Choosing the target's token at every tree node: argmax, or an exact sample.
 
-Exactness (design.md §3): the drafter's beams are deterministic, so the classic p/q acceptance
+Exactness (docs/design.md §3): the drafter's beams are deterministic, so the classic p/q acceptance
 test is biased for them. Instead every packed node gets its own independent draw from the
 target's *processed* distribution at that node; the Rust `accept` walk then follows the drawn
 tokens from the root. Each emitted token is a draw from the target's conditional given the
@@ -11,7 +11,7 @@ Every draw is inverse-CDF sampling: one uniform u per node, the token is the fir
 cumulative probability exceeds u. It costs a cumulative sum over the vocabulary per node (an
 exponential race costs an Exp(1) variate per vocabulary entry: 20x slower on CPU at V = 49152).
 
-Seeded requests (drift from design.md §3, issue #20): the uniform for the token at absolute
+Seeded requests (docs/design.md §3): the uniform for the token at absolute
 index i of a seeded request (prompt tokens count) depends only on (seed, i) through a
 counter-based generator (`seeded_uniform`, splitmix64). Every tree node at depth d of a step
 predicts index base + d and shares that uniform, so whichever path is accepted, the emitted token
@@ -158,10 +158,11 @@ def choose_tokens(
 ) -> torch.Tensor:
     """The target's token at every node [B, N] from logits [B, N, V], per-row settings.
 
-    Rows that share settings and the global RNG are processed together; a row with its own
-    generator is drawn alone so its stream does not depend on the other rows. A seeded row
-    (`params[row].seed`) draws with `seeded_uniform`: `start[row]` is the absolute index of the
-    token its depth-0 node predicts, `depth` [B, N] (host) each node's depth (None: all 0).
+    Rows with equal settings and the same generator object (or the global RNG) are drawn
+    together; rows with different generators are drawn separately, each from its own stream.
+    A seeded row (`params[row].seed`) draws with `seeded_uniform`: `start[row]` is the absolute
+    index of the token its depth-0 node predicts, `depth` [B, N] (host) each node's depth
+    (None: all 0).
     """
     B, N = logits.shape[:2]
     if all(p.greedy for p in params):

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from redrafter_rs._common import eos_ids, pad_id
 from redrafter_rs.errors import check
 from redrafter_rs.target import Target, left_pad
 from redrafter_rs.teacher import (
@@ -183,7 +184,8 @@ def sampled_prompts(
     kinds of request ("Can you help me ...", "I'm ..."); openings spread them over tasks.
     """
     prefix = tokenizer(pre_query_prefix(tokenizer), add_special_tokens=False).input_ids
-    eos = eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer=tokenizer)
+    pad = pad_id(model, eos=eos)
     device = next(model.parameters()).device
     pick = random.Random(seed)
     out: list[str] = []
@@ -195,7 +197,7 @@ def sampled_prompts(
             if len(out) >= n:
                 break
             starts = [pick.choice(openings) if openings else "" for _ in range(batch_size)]
-            ids, mask = _opened_batch(tokenizer, prefix, starts, min(eos))  # [B, P]
+            ids, mask = _opened_batch(tokenizer, prefix, starts, pad)  # [B, P]
             rows = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
@@ -205,7 +207,7 @@ def sampled_prompts(
                 top_k=0,
                 max_new_tokens=max_new_tokens,
                 eos_token_id=sorted(eos),
-                pad_token_id=min(eos),
+                pad_token_id=pad,
             )[:, ids.shape[1] :].tolist()
             for text in _complete_turns(rows, starts, eos, tokenizer, min_chars):
                 if text.lower() not in seen and len(out) < n:
@@ -372,11 +374,3 @@ def sort_within_blocks(prompts: list[list[int]], block: int) -> list[list[int]]:
     for lo in range(0, len(prompts), block):
         out += sorted(prompts[lo : lo + block], key=len)  # stable: deterministic on resume
     return out
-
-
-def eos_ids(model: nn.Module, tokenizer=None) -> set[int]:
-    """The model's end-of-sequence ids (generation config, else the tokenizer's)."""
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None and tokenizer is not None:
-        eos = tokenizer.eos_token_id
-    return set(eos if isinstance(eos, list) else [eos]) - {None}

@@ -95,7 +95,8 @@ class Target:
         return out.last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-token logits [..., V] from final hidden states [..., H] (fp32 for selection)."""
+        """Next-token logits [..., V] from final hidden states [..., H], in the LM head's dtype
+        (sampling.py converts to fp32 before choosing)."""
         logits = self.lm_head(hidden)
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap

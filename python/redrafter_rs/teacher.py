@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from redrafter_rs._io import atomic_write, atomic_write_json
-from redrafter_rs.drafter import embedding_probe, target_embedding
+from redrafter_rs.drafter import embedding_probe, target_embedding, target_mismatch
 from redrafter_rs.errors import RedrafterError, check
 from redrafter_rs.target import Target
 
@@ -91,10 +91,13 @@ def read_manifest(directory: str | Path) -> Manifest | None:
 def check_manifest_target(manifest: Manifest, model: nn.Module, directory: Path) -> None:
     """Refuse a cache made with a different target."""
     weight = target_embedding(model).weight
-    same_shape = (manifest.vocab_size, manifest.hidden_size) == tuple(weight.shape)
-    got = torch.tensor(embedding_probe(weight))
-    same = same_shape and torch.allclose(got, torch.tensor(manifest.embedding_probe), atol=2e-3)
-    check(same, f"teacher cache {directory} was made with a different target model")
+    why = target_mismatch(
+        weight, manifest.vocab_size, manifest.hidden_size, manifest.embedding_probe
+    )
+    check(
+        why is None,
+        f"teacher cache {directory} was made with a different target model ({why} mismatch)",
+    )
 
 
 class ChunkWriter:
@@ -167,10 +170,11 @@ def load_chunks(directory: str | Path, model: nn.Module | None = None) -> dict[s
             parts.append(load_file(str(directory / info["file"])))
         except (SafetensorError, OSError) as e:
             raise RedrafterError(f"teacher cache: chunk {info['file']} is unreadable ({e})") from e
-    return _concat(parts)
+    return concat_chunks(parts)
 
 
-def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def concat_chunks(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Loaded chunks (or caches) as one, `seq_offsets` made global."""
     offsets, base = [torch.zeros(1, dtype=torch.int64)], 0
     for part in parts:
         offsets.append(part["seq_offsets"][1:] + base)

@@ -388,11 +388,12 @@ def evaluate_tau(
     max_new_tokens: int = 64,
 ) -> float:
     """τ (tokens per verification step) of the real engine over `prompts` ([1, T] each)."""
+    from redrafter_rs._common import tau_of
     from redrafter_rs.generate import generate
 
     was_training = drafter.training
     drafter.eval()
-    tokens = steps = 0
+    accepted = steps = 0
     for ids in prompts:
         out = generate(
             model,
@@ -402,10 +403,10 @@ def evaluate_tau(
             beam_width=beam_width,
             beam_length=beam_length,
         )
-        tokens += sum(out.stats.accepted_per_step) + out.stats.steps
+        accepted += sum(out.stats.accepted_per_step)
         steps += out.stats.steps
     drafter.train(was_training)
-    return tokens / max(steps, 1)
+    return tau_of(accepted, steps)
 
 
 # ---- the training loop ------------------------------------------------------------------------
@@ -459,9 +460,9 @@ def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
     `grow_vocab`; the default draft vocabulary size means "the init drafter's")."""
     if not cfg.init_from:
         return cfg
-    from redrafter_rs.drafter import CONFIG_NAME, _read_config
+    from redrafter_rs.drafter import CONFIG_NAME, read_config
 
-    init = _read_config(Path(cfg.init_from) / CONFIG_NAME)
+    init = read_config(Path(cfg.init_from) / CONFIG_NAME)
     default = TrainConfig()
     changes = {}
     for key in _ARCH_KEYS:
@@ -522,10 +523,10 @@ def grow_vocab(
 
 
 def _load_caches(caches: list, model: nn.Module) -> dict[str, torch.Tensor]:
-    from redrafter_rs.teacher import _concat
+    from redrafter_rs.teacher import concat_chunks
 
     parts = [load_chunks(c, model) for c in caches]
-    return parts[0] if len(parts) == 1 else _concat(parts)
+    return parts[0] if len(parts) == 1 else concat_chunks(parts)
 
 
 def _build_drafter(

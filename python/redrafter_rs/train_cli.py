@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from redrafter_rs._validate import arg_int, nonnegative_int, positive_float, positive_int
-from redrafter_rs.errors import RedrafterError, check
+from redrafter_rs.errors import check
 
 _TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".jsonl"}
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -185,16 +185,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
-def _load_target(path: str | None):
-    if path is None:
-        from redrafter_rs.models import DEFAULT_MODEL, load_default_model
+def _load_target(name: str | None):
+    """(model, tokenizer, cache name) of --model (default: the default model), in float32."""
+    from redrafter_rs.models import DEFAULT_MODEL, load_model
 
-        model, tok = load_default_model()
-        return model, tok, DEFAULT_MODEL
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(path), Path(path).name
+    model, tok = load_model(name or "default")
+    return model, tok, DEFAULT_MODEL if name is None else Path(name).name
 
 
 def _init_dir(init: str | None) -> str | None:
@@ -239,16 +235,12 @@ def _eval_prompts(tok, n: int, seed: int) -> list[torch.Tensor]:
 # ---- teacher caches ---------------------------------------------------------------------------
 def build_caches(model, tok, root: Path, args: argparse.Namespace) -> list[Path]:
     """Produce (or finish) every cache the arguments ask for; returns their directories."""
-    from redrafter_rs.selfdistill import (
-        builtin_prompts,
-        encode_prompts,
-        eos_ids,
-        generate_cache,
-    )
+    from redrafter_rs._common import eos_ids
+    from redrafter_rs.selfdistill import builtin_prompts, encode_prompts, generate_cache
 
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     caches = []
-    eos = eos_ids(model, tok)
+    eos = eos_ids(model, tokenizer=tok)
     if args.instructions:
         cfg = _gen_config(
             args,
@@ -355,23 +347,15 @@ def _digest(items: list) -> str:
     return hashlib.sha1(json.dumps(items).encode()).hexdigest()[:10]
 
 
-def _jsonl_records(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RedrafterError(f"{path}:{n}: invalid JSON ({e})") from e
-
-
 def read_texts(tok, files: list[Path]):
     """Training texts: plain files as they are; JSONL chat turns through the chat template."""
+    from redrafter_rs._common import read_jsonl
+
     for path in files:
         if path.suffix != ".jsonl":
             yield path.read_text(encoding="utf-8", errors="ignore")
             continue
-        for rec in _jsonl_records(path):
+        for _, rec in read_jsonl(path):
             if "messages" in rec and getattr(tok, "chat_template", None):
                 yield tok.apply_chat_template(rec["messages"], tokenize=False)
             elif "prompt" in rec:
@@ -384,11 +368,12 @@ def read_texts(tok, files: list[Path]):
 
 def _jsonl_prompts(tok, files: list[Path]) -> list[str]:
     """Self-distillation prompts: JSONL user turns (chat template, generation prompt on)."""
+    from redrafter_rs._common import read_jsonl
     from redrafter_rs.data import chat_prompt
 
     prompts = []
     for path in (f for f in files if f.suffix == ".jsonl"):
-        for rec in _jsonl_records(path):
+        for _, rec in read_jsonl(path):
             if "messages" in rec:
                 msgs = rec["messages"]
                 last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")

@@ -16,6 +16,10 @@ class Staging:
         self.cuda = device.type == "cuda"
         self._pinned: dict[str, torch.Tensor] = {}
 
+    def pinned(self, name: str) -> torch.Tensor | None:
+        """The pinned host buffer of transfer `name` (None until a CUDA transfer made it)."""
+        return self._pinned.get(name)
+
     def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
         """A pinned host buffer with `like`'s shape and dtype, reused across steps."""
         buf = self._pinned.get(name)
