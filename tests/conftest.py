@@ -1,32 +1,27 @@
-"""Shared fixtures: a tiny random Llama built here, and the real default model (offline)."""
+"""Shared fixtures: a tiny random Llama, and the real default model (offline).
+
+Plain helper functions and classes live in helpers.py; `tiny_llama` is re-exported here for
+modules that still import it from conftest.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import redrafter_rs as rr
+from helpers import tiny_llama
+
+REAL_MODEL_FIXTURES = {"smollm", "mt_bench_prompts"}
 
 
-def tiny_llama(seed: int = 0, vocab_size: int = 96, **overrides) -> LlamaForCausalLM:
-    """A 2-layer random Llama (fp32, eager-free sdpa attention) with peaky logits."""
-    torch.manual_seed(seed)
-    overrides.setdefault("initializer_range", 0.2)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        **overrides,
-    )
-    return LlamaForCausalLM(config).eval()
+def pytest_collection_modifyitems(items) -> None:
+    """Every test that loads the real default model is `slow` (out of `make test-fast`), marked
+    or not."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from helpers import OracleDrafter
 from redrafter_rs.drafting import capabilities
 
 
+@pytest.mark.slow  # a subprocess importing torch
 def test_importing_the_library_loads_no_training_or_bench_code():
     code = (
         "import sys, redrafter_rs\n"

@@ -10,8 +10,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 import redrafter_rs as rr
-from conftest import tiny_llama
-from helpers import NoisyOracleDrafter, OracleDrafter, run_rows_equal
+from helpers import NoisyOracleDrafter, OracleDrafter, run_rows_equal, tiny_llama
 from redrafter_rs import RedrafterError
 from redrafter_rs.target import left_pad
 
@@ -83,6 +82,7 @@ def test_stream_yields_the_same_tokens_step_by_step(tiny_model, tiny_drafter):
     assert max(len(c[0]) for c in chunks) > 1  # multi-token steps really streamed
 
 
+@pytest.mark.slow
 def test_text_iterator_streamer_receives_the_text(smollm):
     model, tok = smollm
     ids = tok("The capital of France is", return_tensors="pt").input_ids
@@ -133,7 +133,7 @@ def test_step_api_requests_join_and_leave_between_steps(tiny_model):
     for i in (0, 1, 2, 4):
         assert done[i].tokens == refs[i] == streamed[i], i
         assert done[i].finish_reason in ("eos", "length")
-        assert done[i].stats.steps > 0 and done[i].stats.tau >= 1.0
+        assert done[i].stats.steps > 0 and done[i].stats.tau > 1.0  # partial drafts accepted
     assert not gen.cancel(99)
 
 
@@ -151,11 +151,14 @@ def test_step_api_rejects_duplicate_ids_and_bad_prompts(tiny_model, tiny_drafter
 
 
 def _kv_bytes(gen: rr.SpeculativeGenerator) -> int:
-    if gen._cache is None:
+    """KV elements (keys + values) the running batch holds."""
+    cache = gen.batch.cache
+    if cache is None:
         return 0
-    return sum(layer.keys.numel() * 2 for layer in gen._cache.cache.layers)
+    return sum(layer.keys.numel() * 2 for layer in cache.cache.layers)
 
 
+@pytest.mark.slow
 def test_soak_200_requests_through_one_generator():
     """200 requests of random lengths; each output equals its standalone greedy output, and
     the KV cache stays bounded (it shrinks back when requests leave)."""
@@ -171,7 +174,7 @@ def test_soak_200_requests_through_one_generator():
     gen = rr.SpeculativeGenerator(model, drafter, rr.SpecConfig(3, 4))
     done, next_id, peak = {}, 0, []
     while len(done) < 200:
-        while gen.num_active + len(gen._pending) < 8 and next_id < 200:
+        while gen.num_active + gen.num_pending < 8 and next_id < 200:
             gen.add(next_id, prompts[next_id], max_new_tokens=budgets[next_id])
             next_id += 1
         gen.step()
@@ -186,6 +189,7 @@ def test_soak_200_requests_through_one_generator():
     assert max(peak[half:]) <= 2 * max(peak[:half])
 
 
+@pytest.mark.slow
 def test_smollm2_batch_of_4_rows_equal_generate_alone(smollm):
     from redrafter_rs.data import chat_prompt, mt_bench_questions
 
@@ -224,9 +228,10 @@ def test_plain_steps_skip_the_mask_only_when_every_slot_is_valid(B):
     forward = gen.target.forward
 
     def spy(ids, cache, mask=None, **kw):
-        if gen._cache is not None and ids.shape[1] == 1:
-            assert gen._cache.dense == bool(gen._cache.valid.all())
-            plain.append((mask is None, gen._cache.dense))
+        batch_cache = gen.batch.cache
+        if batch_cache is not None and ids.shape[1] == 1:
+            assert batch_cache.dense == bool(batch_cache.valid.all())
+            plain.append((mask is None, batch_cache.dense))
         return forward(ids, cache, mask, **kw)
 
     gen.target.forward = spy

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import redrafter_rs as rr
-from conftest import tiny_llama
+from helpers import tiny_llama
 from redrafter_rs import RedrafterError
 
 

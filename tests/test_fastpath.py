@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import redrafter_rs as rr
-from conftest import tiny_llama
-from helpers import run_rows_equal
+from helpers import run_rows_equal, tiny_llama
 from redrafter_rs import _core, fastpath
 from redrafter_rs.kv import SlotCache, SlotLayer
 

@@ -353,6 +353,7 @@ else:
 """
 
 
+@pytest.mark.slow  # a subprocess per case
 @pytest.mark.parametrize(
     ("shape", "nodes"),
     [

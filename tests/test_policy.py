@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import redrafter_rs as rr
-from helpers import OracleDrafter
+from helpers import OracleDrafter, tiny_llama
 from redrafter_rs.policy import PolicyConfig, ShapePolicy
 
 # Step costs measured on this 2-core CPU for SmolLM2-135M (ms per target forward with m new
@@ -125,8 +125,10 @@ def test_measured_step_times_scale_each_shapes_cost():
     _feed(p, 4, 4, rate=0.7, N=9, steps=400)
     assert p.nodes[(4, 4, 9)] == pytest.approx(10)
     assert p.choose(1) == (4, 4, 9)
+    predicted = p.cost_ms(1, 4, 4, 9)  # untimed, slowdown 1: the tables' cost
+    assert predicted == pytest.approx(107.5)  # 102.5 ms for 10 nodes (interpolated) + 5 ms
     for _ in range(20):
-        p.observe_time((4, 4, 9), 1, 1.5 * p._table_ms(1, (4, 4, 9)))
+        p.observe_time((4, 4, 9), 1, 1.5 * predicted)
     assert p.slowdown[(4, 4, 9)] == pytest.approx(1.5) and p.slowdown_all == pytest.approx(1.5)
     assert p.cost_ms(1, 1, 1) == pytest.approx(75.0)  # untimed: the all-steps slowdown
     assert p.choose(1) == (4, 4, 9)
@@ -137,7 +139,7 @@ def test_measured_step_times_scale_each_shapes_cost():
     off = _policy(shapes)
     off.config.learn_slowdown = False
     off.observe_time((1, 1), 1, 80.0)
-    assert off.timed_all == 0 and off.cost_ms(1, 1, 1) == off._table_ms(1, (1, 1))
+    assert off.timed_all == 0 and off.cost_ms(1, 1, 1) == 51.0  # TARGET_MS[1], unscaled
 
 
 def test_adaptive_generation_stays_exact_and_calibrates(tiny_model, tiny_drafter):
@@ -158,7 +160,10 @@ def test_adaptive_generation_stays_exact_and_calibrates(tiny_model, tiny_drafter
     custom = PolicyConfig(shapes=((1, 1), (1, 2), (2, 3)))  # adaptive=PolicyConfig, W x L bound
     kw = dict(max_new_tokens=40, beam_width=2, beam_length=3, adaptive=custom)
     out = rr.generate(tiny_model, tiny_drafter, ids, **kw)
-    assert torch.equal(out.sequences, want) and set(out.stats.shapes) <= {"1x1", "1x2", "2x3"}
+    assert torch.equal(out.sequences, want)
+    # every step ran one of the three shapes (none outside them, none uncounted)
+    assert set(out.stats.shapes) <= {"1x1", "1x2", "2x3"}
+    assert sum(out.stats.shapes.values()) == out.stats.steps > 0
 
 
 def test_adaptive_best_nodes_trees_stay_exact(tiny_model, tiny_drafter):
@@ -182,30 +187,30 @@ def test_adaptive_best_nodes_trees_stay_exact(tiny_model, tiny_drafter):
         assert gen.policy.rates[(4, 4, 9)][0] != 0.5  # its own estimate, moved off the prior
 
 
-def test_calibration_is_measured_once_and_only_where_needed(tiny_model, tiny_drafter, monkeypatch):
+def test_calibration_is_measured_once_and_only_where_needed():
     """Target costs are timed lazily (only the points bracketing the tree sizes a batch-1
-    decision needs) and, with drafting costs, reused by later calls, retrieval wrappers too."""
-    from redrafter_rs import policy
-
-    timed: list[int] = []
-    time_target = ShapePolicy._time_target
-
-    def spy(target, prefilled, m, repeats):
-        timed.append(m)
-        return time_target(target, prefilled, m, repeats)
-
-    monkeypatch.setattr(ShapePolicy, "_time_target", staticmethod(spy))
-    policy._TARGET_MS.pop(tiny_model, None)
+    decision needs) and, with drafting costs, reused by later generators of the same model and
+    drafter, retrieval wrappers too. A fresh model and drafter: nothing timed before."""
+    model = tiny_llama()
+    torch.manual_seed(1)
+    drafter = rr.RecurrentDrafter.for_target(model, num_layers=1).eval()
     ids = torch.tensor([[4, 8, 15, 16, 23, 42]])
-    want = tiny_model.generate(ids, do_sample=False, max_new_tokens=24)
-    kw = dict(max_new_tokens=24, beam_width=4, beam_length=4, adaptive=True, retrieval=True)
-    out = rr.generate(tiny_model, tiny_drafter, ids, **kw)
-    assert torch.equal(out.sequences, want)
-    first = sorted(timed)
-    assert first and max(first) <= 16  # 4x4 has at most 13 nodes: no 24..128-token forwards
-    assert sum(out.stats.shapes.values()) == out.stats.steps
-    drafted = len(policy._DRAFT_MS[tiny_drafter])
-    timed.clear()
-    out = rr.generate(tiny_model, tiny_drafter, ids, **kw)  # a new retrieval wrapper
-    assert torch.equal(out.sequences, want)
-    assert timed == [] and len(policy._DRAFT_MS[tiny_drafter]) == drafted
+    want = model.generate(ids, do_sample=False, max_new_tokens=24)
+    config = rr.SpecConfig(4, 4, 24, adaptive=True)
+    policies = []
+    for _ in range(2):  # each run: a new generator around a new retrieval wrapper
+        gen = rr.SpeculativeGenerator(model, rr.RetrievalDrafter(drafter), config)
+        gen.add(0, ids)
+        while gen.has_unfinished():
+            gen.step()
+        req = gen.pop_finished()[0]
+        assert req.tokens == want[0, 6:].tolist()
+        assert sum(req.stats.shapes.values()) == req.stats.steps
+        policies.append((gen.policy, dict(gen.policy.target_ms), dict(gen.policy.draft_ms)))
+    (first, first_target, first_draft), (second, second_target, second_draft) = policies
+    # the first run timed a few points only: 4x4 has at most 13 nodes, no 24..128-token forwards
+    assert first_target and max(first_target) <= 16
+    assert set(first_draft) == set(first.config.shapes)
+    # the second run timed nothing: the same measurements (not new timings, which would differ)
+    assert second_target == first_target and second_draft == first_draft
+    assert second.target_ms is first.target_ms  # one table per model (and linear-layer path)

@@ -14,19 +14,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_sampling import (
-    N_SAMPLES,
-    PROMPT,
-    _codes,
-    _counts,
-    _plain_samples,
-    chi2_homogeneity,
-    tv_bound,
-    tv_distance,
-)
 
 import redrafter_rs as rr
-from conftest import tiny_llama
+from helpers import assert_same_distribution, joint_counts, plain_sample_counts, tiny_llama
 from redrafter_rs import RedrafterError, RetrievalConfig, RetrievalDrafter
 from redrafter_rs.cli import main as cli_main
 from redrafter_rs.target import left_pad
@@ -120,48 +110,48 @@ def test_step_api_one_automaton_per_request_released_at_the_end(bigram):
     prompts = {"a": torch.tensor([5, 65, 81, 5, 65]), "b": torch.tensor([10, 17, 76, 34])}
     gen.add("a", prompts["a"])
     gen.step()
-    assert set(drafter._requests) == {"a"}
+    assert set(drafter.automata) == {"a"}
     gen.add("b", prompts["b"])
     gen.add("c", torch.tensor([3, 4, 5]))
     gen.step()
-    assert set(drafter._requests) == {"a", "b", "c"}
-    assert len(drafter._requests["b"].sam) == len(prompts["b"]) + 1  # prompt + first token
+    assert set(drafter.automata) == {"a", "b", "c"}
+    assert len(drafter.automata["b"]) == len(prompts["b"]) + 1  # prompt + first token
     gen.cancel("c")
-    assert "c" not in drafter._requests
+    assert set(drafter.automata) == {"a", "b"}
     while gen.has_unfinished():
         gen.step()
     done = gen.pop_finished()
-    assert not drafter._requests  # every automaton dropped with its request
+    assert drafter.automata == {}  # every automaton dropped with its request
     for rid, prompt in prompts.items():
         assert done[rid].tokens == _reference(bigram, prompt, 24)[0, len(prompt) :].tolist()
     assert done["a"].stats.tau > 2.0
 
 
+@pytest.mark.slow
 def test_sampling_with_retrieval_matches_plain_sampling():
+    """The joint law of the first 3 sampled tokens (8-token vocabulary) over 20,000 samples
+    equals plain sampling's (tests/test_sampling.py explains the test)."""
+    n, new, prompt = 20_000, 3, torch.tensor([[3, 1, 4]])
     model = tiny_llama(seed=11, vocab_size=8, initializer_range=0.1)
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     settings = {"temperature": 1.0}
-    plain = _plain_samples(model, settings, seed=1)
+    plain = plain_sample_counts(model, prompt, n, new, settings, seed=1)
     drafter = RetrievalDrafter(None, RetrievalConfig(min_match=1))
     gen = torch.Generator().manual_seed(2)
     params = rr.SamplingParams(**settings)
     done = {}
-    for start in range(0, N_SAMPLES, 2000):  # chunks: the engine's `add` is O(queued) per call
-        engine = rr.SpeculativeGenerator(model, drafter, rr.SpecConfig(2, 3, 3))
+    for start in range(0, n, 2000):  # chunks: the engine's `add` is O(queued) per call
+        engine = rr.SpeculativeGenerator(model, drafter, rr.SpecConfig(2, 3, new))
         for row in range(start, start + 2000):
-            engine.add(row, PROMPT[0], params, generator=gen)
+            engine.add(row, prompt[0], params, generator=gen)
         while engine.has_unfinished():
             engine.step()
         done.update(engine.pop_finished())
-    seqs = torch.tensor([PROMPT[0].tolist() + done[r].tokens for r in range(N_SAMPLES)])
-    spec = _counts(_codes(seqs))
-    assert drafter.stats["retrieval"].matched > N_SAMPLES // 20  # retrieval really was accepted
-    p_value = chi2_homogeneity(plain, spec)
-    tv, bound = tv_distance(plain, spec), tv_bound(plain, spec, N_SAMPLES)
-    print(f"\nretrieval sampling: chi2 p = {p_value:.4f}, TV = {tv:.4f} (bound {bound:.4f})")
-    assert p_value > 0.01
-    assert tv < bound
+    seqs = torch.tensor([prompt[0].tolist() + done[r].tokens for r in range(n)])
+    spec = joint_counts(seqs, prompt.shape[1], new, 8)
+    assert drafter.stats["retrieval"].matched > n // 20  # retrieval really was accepted
+    assert_same_distribution(plain, spec, n, "retrieval sampling")
 
 
 # ---- retrieval is used ----------------------------------------------------------------------
@@ -181,18 +171,20 @@ def test_retrieval_alone_accepts_on_a_repeated_phrase(bigram):
 
 
 def test_short_candidates_end_early_and_add_no_nodes():
-    from redrafter_rs.retrieval import _candidate_beams
-
-    # row 0: candidates of 1 and 3 tokens; row 1: none (the fill, the root alone)
-    tokens = _i64([[[81, -1, -1], [81, 7, 65]], [[-1, -1, -1], [-1, -1, -1]]])
-    lengths, n = _i64([[1, 3], [0, 0]]), _i64([2, 0])
-    beams = _candidate_beams(_i64([65, 4]), tokens, lengths, n, fill=None)
+    # row 0: the datastore's candidates after 65 have 1 and 3 tokens (a document ends right
+    # after its 81); row 1: none (its slots repeat the root alone)
+    store = rr.build_datastore([[2, 65, 81], [64, 65, 7, 9, 3]])
+    drafter = RetrievalDrafter(None, RetrievalConfig(datastore=store, min_match=1))
+    beams = drafter.draft(
+        torch.zeros(2, 8), torch.tensor([65, 4]), embed=None, beam_width=2, beam_length=4,
+        context=[torch.tensor([2, 65]), torch.tensor([4])], request_ids=["x", "y"],
+    )  # fmt: skip
     assert beams.tolist() == [
-        [[65, 81, -1, -1], [65, 81, 7, 65]],
+        [[65, 81, -1, -1], [65, 7, 9, 3]],
         [[4, -1, -1, -1], [4, -1, -1, -1]],
     ]
-    tree = rr.pack_beams(beams)
-    assert tree.num_nodes.tolist() == [4, 1]  # no node for any padding
+    tree = rr.pack_beams(beams.numpy())
+    assert tree.num_nodes.tolist() == [5, 1]  # no node for any padding
 
 
 def test_datastore_proposes_the_continuation(model, rnn, tmp_path):
@@ -277,12 +269,9 @@ def test_datastore_roundtrip_and_corrupt_files(tmp_path):
         RetrievalDrafter(None, RetrievalConfig(datastore=tmp_path / "missing.rrds"))
 
 
+@pytest.mark.slow
 def test_cli_datastore_build(tmp_path, capsys):
-    from redrafter_rs.models import DEFAULT_MODEL, cache_dir
-
-    tok_dir = cache_dir() / "models" / DEFAULT_MODEL
-    if not (tok_dir / "tokenizer_config.json").is_file():
-        pytest.skip("the default model's tokenizer is not converted yet")
+    """With the default tokenizer (the command converts the default model on first use)."""
     src = tmp_path / "docs.jsonl"
     rows = [{"text": "the cat sat on the mat"}, {"text": ["two", "turns"]}, {"other": 1}]
     src.write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n", encoding="utf-8")

@@ -15,7 +15,6 @@ t = sqrt(ln(1000) / n) gives a bound that a correct sampler exceeds with probabi
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,8 +22,10 @@ import pytest
 import torch
 
 import redrafter_rs as rr
-from conftest import tiny_llama
+from helpers import assert_same_distribution, chi2_homogeneity, tiny_llama, tv_distance
 from redrafter_rs.beam_search import beam_search
+
+pytestmark = pytest.mark.slow  # 20,000-sample statistical tests (tens of seconds in all)
 
 N_SAMPLES = 20_000
 NEW = 3
@@ -57,42 +58,6 @@ def _codes(seqs: torch.Tensor) -> np.ndarray:
 
 def _counts(codes: np.ndarray) -> np.ndarray:
     return np.bincount(codes, minlength=V**NEW).astype(np.float64)
-
-
-def chi2_homogeneity(a: np.ndarray, b: np.ndarray, min_count: float = 10.0) -> float:
-    """p-value of the chi-square test that counts `a` and `b` come from one distribution.
-
-    Cells with fewer than `min_count` pooled samples are merged into one cell.
-    """
-    pooled = a + b
-    big = pooled >= min_count
-    a = np.append(a[big], a[~big].sum())
-    b = np.append(b[big], b[~big].sum())
-    keep = (a + b) > 0
-    a, b = a[keep], b[keep]
-    na, nb = a.sum(), b.sum()
-    p = (a + b) / (na + nb)
-    stat = ((a - na * p) ** 2 / (na * p)).sum() + ((b - nb * p) ** 2 / (nb * p)).sum()
-    df = len(a) - 1
-    return float(torch.special.gammaincc(torch.tensor(df / 2.0), torch.tensor(stat / 2.0)))
-
-
-def tv_distance(a: np.ndarray, b: np.ndarray) -> float:
-    return 0.5 * float(np.abs(a / a.sum() - b / b.sum()).sum())
-
-
-def tv_bound(a: np.ndarray, b: np.ndarray, n: int) -> float:
-    pooled = (a + b) / (a.sum() + b.sum())
-    return 0.5 * math.sqrt(2 / n) * float(np.sqrt(pooled).sum()) + math.sqrt(math.log(1000) / n)
-
-
-def assert_same_distribution(plain: np.ndarray, spec: np.ndarray, label: str) -> None:
-    """Chi-square homogeneity (p > 0.01) and total variation below the bound above."""
-    p_value = chi2_homogeneity(plain, spec)
-    tv, bound = tv_distance(plain, spec), tv_bound(plain, spec, N_SAMPLES)
-    print(f"\n{label}: chi2 p = {p_value:.4f}, TV = {tv:.4f} (bound {bound:.4f})")
-    assert p_value > 0.01
-    assert tv < bound
 
 
 def _plain_samples(model, settings: dict, seed: int) -> np.ndarray:
@@ -148,7 +113,7 @@ def test_speculative_sampling_matches_plain_sampling(model, drafter, settings):
     plain = _plain_samples(model, settings, seed=1)
     spec, accepted = _spec_samples(model, drafter, settings, seed=2)
     assert accepted > N_SAMPLES // 10  # the draft tree really was used, not only bonus tokens
-    assert_same_distribution(plain, spec, str(settings))
+    assert_same_distribution(plain, spec, N_SAMPLES, str(settings))
 
 
 def test_best_nodes_tree_sampling_matches_plain_sampling(model, drafter):
@@ -157,7 +122,7 @@ def test_best_nodes_tree_sampling_matches_plain_sampling(model, drafter):
     plain = _plain_samples(model, settings, seed=1)
     spec, accepted = _spec_samples(model, drafter, settings, seed=6, nodes=4)
     assert accepted > N_SAMPLES // 10
-    assert_same_distribution(plain, spec, f"best-nodes {settings}")
+    assert_same_distribution(plain, spec, N_SAMPLES, f"best-nodes {settings}")
 
 
 @pytest.mark.parametrize("settings", [SETTINGS[1], SETTINGS[3]], ids=["T=1.0", "T=0.8,k=5,min_p"])
@@ -166,7 +131,7 @@ def test_seeded_sampling_matches_plain_sampling(model, drafter, settings):
     plain = _plain_samples(model, settings, seed=7)
     spec, accepted = _spec_samples(model, drafter, settings, seed=8, seeded=True)
     assert accepted > N_SAMPLES // 10
-    assert_same_distribution(plain, spec, f"seeded {settings}")
+    assert_same_distribution(plain, spec, N_SAMPLES, f"seeded {settings}")
 
 
 @pytest.mark.parametrize("settings", SETTINGS[:2], ids=["T=0.5", "T=1.0"])

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import redrafter_rs as rr
-from conftest import tiny_llama
-from helpers import NoisyOracleDrafter, OracleDrafter
+from helpers import NoisyOracleDrafter, OracleDrafter, tiny_llama
 from redrafter_rs.sampling import sample_seeded
 
 V = 48

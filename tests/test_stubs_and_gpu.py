@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import redrafter_rs as rr
-from conftest import tiny_llama
-from helpers import NoisyOracleDrafter
+from helpers import NoisyOracleDrafter, tiny_llama
 from redrafter_rs import _core
 
 
@@ -67,7 +66,7 @@ def test_cuda_greedy_equals_generate(B):
         engine.step()
     done = engine.pop_finished()
     assert [done[i].tokens for i in range(B)] == refs
-    assert engine.staging.cuda and engine.staging._pinned["beams"].is_pinned()
+    assert engine.staging.cuda and engine.staging.pinned("beams").is_pinned()
 
 
 @cuda

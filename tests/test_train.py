@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import redrafter_rs as rr
-from conftest import tiny_llama
+from helpers import tiny_llama
 from redrafter_rs.selfdistill import (
     SelfDistillConfig,
     builtin_openings,
@@ -82,6 +82,7 @@ def cache(model, tmp_path_factory) -> Path:
 
 
 # ---- teacher outputs --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sampled_prompts_are_complete_distinct_and_seeded(smollm):
     model, tok = smollm
     assert pre_query_prefix(tok).endswith("<|im_start|>user\n")
@@ -98,6 +99,7 @@ def test_sampled_prompts_are_complete_distinct_and_seeded(smollm):
         assert len(text) >= 16 and "<|im_" not in text and text == text.strip()
 
 
+@pytest.mark.slow
 def test_sampled_prompts_start_from_the_openings(smollm):
     model, tok = smollm
     openings = ["Write a Python function", "Solve"]
@@ -110,6 +112,7 @@ def test_sampled_prompts_start_from_the_openings(smollm):
     assert len(builtin) >= 40 and len(set(builtin)) == len(builtin) and all(builtin)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opened", [False, True])
 def test_cli_sampled_prompts_are_kept_and_answered(tmp_path, opened):
     from redrafter_rs.cli import main
@@ -356,7 +359,7 @@ def test_init_from_with_a_larger_draft_vocabulary_grows_the_head(model, cache, t
 _DDP_SCRIPT = """
 import os, sys, torch
 sys.path.insert(0, {tests!r})
-from conftest import tiny_llama
+from helpers import tiny_llama
 from redrafter_rs.train import TrainConfig, train_drafter
 torch.set_num_threads(1)
 cfg = TrainConfig(exit_dim=64, draft_vocab_size=48, beam_length=4, steps=6, batch_size=16,
@@ -367,6 +370,7 @@ torch.save(out.drafter.state_dict(), os.path.join({out!r}, f"rank{{rank}}.pt"))
 """
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_ranks_end_identical(cache, tmp_path):
     script = tmp_path / "ddp_train.py"
     tests = str(Path(__file__).parent)
@@ -389,26 +393,20 @@ def test_torchrun_two_cpu_ranks_end_identical(cache, tmp_path):
 
 
 # ---- the command line -------------------------------------------------------------------------
-def _tiny_target_dir(directory: Path):
-    """A tiny random Llama saved with the default model's real tokenizer (skip if not cached)."""
-    from transformers import AutoTokenizer
-
-    from redrafter_rs.models import DEFAULT_MODEL, cache_dir
-
-    tok_dir = cache_dir() / "models" / DEFAULT_MODEL
-    if not (tok_dir / "tokenizer.json").is_file():
-        pytest.skip("the default model's tokenizer is not cached yet")
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+def _tiny_target_dir(directory: Path, tok):
+    """A tiny random Llama saved with `tok`, the default model's real tokenizer (from the
+    `smollm` fixture, which converts the default model if no earlier run has)."""
     target = tiny_llama(seed=3, vocab_size=len(tok))
     target.save_pretrained(directory)
     tok.save_pretrained(directory)
     return target
 
 
-def test_cli_train_builds_caches_trains_resumes_and_exports(tmp_path):
+@pytest.mark.slow
+def test_cli_train_builds_caches_trains_resumes_and_exports(smollm, tmp_path):
     from redrafter_rs.cli import main
 
-    target = _tiny_target_dir(tmp_path / "target")
+    target = _tiny_target_dir(tmp_path / "target", smollm[1])
     (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 12)
     chat = {
         "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
@@ -430,10 +428,11 @@ def test_cli_train_builds_caches_trains_resumes_and_exports(tmp_path):
     assert caches[0].startswith("instructions-n6-seed0") and caches[1].startswith("text-")
 
 
-def test_cli_sharded_generation_then_training_on_the_shards(tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_sharded_generation_then_training_on_the_shards(smollm, tmp_path, capsys):
     from redrafter_rs.cli import main
 
-    _tiny_target_dir(tmp_path / "target")
+    _tiny_target_dir(tmp_path / "target", smollm[1])
     common = ["train", "--model", str(tmp_path / "target"), "--cache", str(tmp_path / "cache")]
     common += ["--threads", "1"]
     gen = ["--instructions", "6", "--max-new-tokens", "6", "--gen-batch", "2"]
@@ -453,13 +452,14 @@ def test_cli_sharded_generation_then_training_on_the_shards(tmp_path, capsys):
         main(common + gen + ["--gen-shard", "2/2"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_a_resumable_checkpoint(cache, tmp_path):
     script = tmp_path / "long_train.py"
     script.write_text(
         textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from conftest import tiny_llama
+        from helpers import tiny_llama
         from redrafter_rs.train import TrainConfig, train_drafter
         torch.set_num_threads(1)
         cfg = TrainConfig(exit_dim=64, draft_vocab_size=48, beam_length=4, steps=10**6,
@@ -483,6 +483,7 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(cache, tmp_path):
 
 
 # ---- the shipped drafter ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_shipped_drafter_is_small_trained_and_lossless(smollm, mt_bench_prompts):
     from redrafter_rs.assets import DEFAULT_DRAFTER, load_default_drafter
 
