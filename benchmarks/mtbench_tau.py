@@ -27,11 +27,11 @@ import torch
 import redrafter_rs as rr
 from redrafter_rs._io import atomic_write_text
 from redrafter_rs.assets import load_default_drafter
-from redrafter_rs.bench import _hf_runner, parse_grid, parse_tree_grid
+from redrafter_rs.bench.runner import _hf_runner, parse_grid, parse_tree_grid
 from redrafter_rs.data import chat_prompt, mt_bench_questions
-from redrafter_rs.drafter import RecurrentDrafter
+from redrafter_rs.drafters.recurrent import RecurrentDrafter
+from redrafter_rs.engine.target import left_pad
 from redrafter_rs.models import load_model
-from redrafter_rs.target import left_pad
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int | None]]:

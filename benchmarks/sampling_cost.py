@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from redrafter_rs.sampling import SamplingParams, choose_tokens
+from redrafter_rs.engine.sampling import SamplingParams, choose_tokens
 
 
 def exponential_race(logits: torch.Tensor, params: SamplingParams, gen) -> torch.Tensor:

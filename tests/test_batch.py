@@ -12,7 +12,7 @@ from transformers import TextIteratorStreamer
 import redrafter_rs as rr
 from helpers import NoisyOracleDrafter, OracleDrafter, run_rows_equal, tiny_llama
 from redrafter_rs import RedrafterError
-from redrafter_rs.target import left_pad
+from redrafter_rs.engine.target import left_pad
 
 
 def _prompts(seed: int, n: int, vocab: int, lo: int = 1, hi: int = 16) -> list[torch.Tensor]:
@@ -211,7 +211,7 @@ def test_plain_steps_skip_the_mask_only_when_every_slot_is_valid(B):
     (as model.generate does; the 4D mask cost up to 15% of a plain step on a 2-core CPU). Rows
     of different lengths (padding) and ragged acceptance (holes) keep the mask. Steps cycle
     between plain decoding and 4x4 beams; every row stays equal to model.generate alone."""
-    from redrafter_rs.policy import PolicyConfig
+    from redrafter_rs.engine.policy import PolicyConfig
 
     model = tiny_llama(seed=5)
     prompts = _prompts(11, B, model.config.vocab_size, lo=3, hi=12)

@@ -9,8 +9,11 @@ import torch
 
 import redrafter_rs as rr
 from helpers import tiny_llama
-from redrafter_rs import bench, bench_core, fastpath, reference
+from redrafter_rs.bench import core as bench_core
+from redrafter_rs.bench import reference
+from redrafter_rs.bench import runner as bench
 from redrafter_rs.cli import build_parser
+from redrafter_rs.engine import fastpath
 
 FIELDS = ("tokens_per_s", "speedup", "speedup_total", "tau", "greedy_equal", "time_split")
 

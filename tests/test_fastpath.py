@@ -11,8 +11,9 @@ from torch import nn
 
 import redrafter_rs as rr
 from helpers import run_rows_equal, tiny_llama
-from redrafter_rs import _core, fastpath
-from redrafter_rs.kv import SlotCache, SlotLayer
+from redrafter_rs import _core
+from redrafter_rs.engine import fastpath
+from redrafter_rs.engine.cache import SlotCache, SlotLayer
 
 
 @pytest.fixture(autouse=True)

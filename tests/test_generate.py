@@ -9,7 +9,7 @@ import torch
 
 import redrafter_rs as rr
 from helpers import NoisyOracleDrafter, OracleDrafter, tiny_llama
-from redrafter_rs.target import left_pad
+from redrafter_rs.engine.target import left_pad
 
 
 def _plain(model, ids, n):
@@ -226,8 +226,8 @@ def test_cli_demo_best_nodes_tree(capsys):
 
 def test_request_context_grows_incrementally():
     """Context-aware drafters get prompt + emitted tokens from a buffer grown by doubling."""
-    from redrafter_rs.engine import GenerationStats, Request
-    from redrafter_rs.sampling import GREEDY
+    from redrafter_rs.engine.sampling import GREEDY
+    from redrafter_rs.engine.scheduler import GenerationStats, Request
 
     req = Request("r", list(range(70)), GREEDY, 500, None, GenerationStats())
     assert req.context().tolist() == list(range(70))

@@ -27,7 +27,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import redrafter_rs as rr
 from helpers import OracleDrafter
 from redrafter_rs import RedrafterError, _core, cli
-from redrafter_rs.drafter import CHECKSUM_KEY, CONFIG_NAME, WEIGHTS_NAME
+from redrafter_rs.drafters.recurrent import CHECKSUM_KEY, CONFIG_NAME, WEIGHTS_NAME, tensors_sha256
 
 PROMPT = torch.tensor([[5, 6, 7, 8, 9]])
 
@@ -252,7 +252,7 @@ def test_non_finite_weights_are_refused(tmp_path, drafter):
     state = load_file(str(path))
     state["head.weight"][0, 0] = float("nan")
     save_file(state, str(path))
-    _edit_config(tmp_path, **{CHECKSUM_KEY: rr.drafter.tensors_sha256(state)})
+    _edit_config(tmp_path, **{CHECKSUM_KEY: tensors_sha256(state)})
     with pytest.raises(rr.RedrafterError, match="'head.weight' holds NaN or infinite"):
         rr.RecurrentDrafter.from_pretrained(tmp_path)
 
@@ -276,7 +276,7 @@ def test_the_shipped_drafter_carries_its_checksum():
 
     raw = json.loads((DEFAULT_DRAFTER / CONFIG_NAME).read_text())
     state = load_file(str(DEFAULT_DRAFTER / WEIGHTS_NAME))
-    assert raw[CHECKSUM_KEY] == rr.drafter.tensors_sha256(state)
+    assert raw[CHECKSUM_KEY] == tensors_sha256(state)
 
 
 def test_save_onto_a_file_is_refused(tmp_path, drafter):
@@ -325,7 +325,7 @@ def test_datastore_build_with_a_missing_tokenizer(tmp_path, capsys):
 
 
 def test_datastore_build_on_an_empty_corpus(tmp_path, capsys):
-    from redrafter_rs.retrieval import build_datastore
+    from redrafter_rs.drafters.retrieval import build_datastore
 
     doc = tmp_path / "empty.txt"
     doc.write_text("")

@@ -1,4 +1,4 @@
-"""Rust core == the pure-torch reference (reference.py) on random beams (hypothesis)."""
+"""Rust core == the pure-torch reference (bench/reference.py) on random beams (hypothesis)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import redrafter_rs as rr
-from redrafter_rs import reference
+from redrafter_rs.bench import reference
 
 
 @st.composite

@@ -10,7 +10,7 @@ import torch
 
 import redrafter_rs as rr
 from helpers import OracleDrafter, tiny_llama
-from redrafter_rs.policy import PolicyConfig, ShapePolicy
+from redrafter_rs.engine.policy import PolicyConfig, ShapePolicy
 
 # Step costs measured on this 2-core CPU for SmolLM2-135M (ms per target forward with m new
 # tokens, offline-assets.md) and a drafter costing 2 ms per drafted depth at W = 4.

@@ -19,7 +19,7 @@ import redrafter_rs as rr
 from helpers import assert_same_distribution, joint_counts, plain_sample_counts, tiny_llama
 from redrafter_rs import RedrafterError, RetrievalConfig, RetrievalDrafter
 from redrafter_rs.cli import main as cli_main
-from redrafter_rs.target import left_pad
+from redrafter_rs.engine.target import left_pad
 
 NEW = 30
 

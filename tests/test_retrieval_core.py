@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from redrafter_rs import RedrafterError, _core
-from redrafter_rs.retrieval import RetrievalConfig
+from redrafter_rs.drafters.retrieval import RetrievalConfig
 
 DEFAULTS = _core.RETRIEVAL_DEFAULTS
 QUERY_ARGS = ["k", "length", "min_match", "count_cap", "max_levels"]

@@ -23,7 +23,7 @@ import torch
 
 import redrafter_rs as rr
 from helpers import assert_same_distribution, chi2_homogeneity, tiny_llama, tv_distance
-from redrafter_rs.beam_search import beam_search
+from redrafter_rs.drafters.search import beam_search
 
 pytestmark = pytest.mark.slow  # 20,000-sample statistical tests (tens of seconds in all)
 

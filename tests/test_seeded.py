@@ -11,7 +11,7 @@ import torch
 
 import redrafter_rs as rr
 from helpers import NoisyOracleDrafter, OracleDrafter, tiny_llama
-from redrafter_rs.sampling import sample_seeded
+from redrafter_rs.engine.sampling import sample_seeded
 
 V = 48
 NEW = 24

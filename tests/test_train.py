@@ -16,7 +16,7 @@ import torch
 
 import redrafter_rs as rr
 from helpers import tiny_llama
-from redrafter_rs.selfdistill import (
+from redrafter_rs.training.selfdistill import (
     SelfDistillConfig,
     builtin_openings,
     generate_cache,
@@ -26,8 +26,8 @@ from redrafter_rs.selfdistill import (
     sampled_prompts,
     sort_within_blocks,
 )
-from redrafter_rs.teacher import load_chunks, read_manifest, teacher_force
-from redrafter_rs.train import (
+from redrafter_rs.training.teacher import load_chunks, read_manifest, teacher_force
+from redrafter_rs.training.train import (
     CHECKPOINT,
     AnchorData,
     TrainConfig,
@@ -360,7 +360,7 @@ _DDP_SCRIPT = """
 import os, sys, torch
 sys.path.insert(0, {tests!r})
 from helpers import tiny_llama
-from redrafter_rs.train import TrainConfig, train_drafter
+from redrafter_rs.training.train import TrainConfig, train_drafter
 torch.set_num_threads(1)
 cfg = TrainConfig(exit_dim=64, draft_vocab_size=48, beam_length=4, steps=6, batch_size=16,
                   warmup_steps=2, ckpt_every=0, log_every=3)
@@ -460,7 +460,7 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(cache, tmp_path):
         import sys, torch
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from helpers import tiny_llama
-        from redrafter_rs.train import TrainConfig, train_drafter
+        from redrafter_rs.training.train import TrainConfig, train_drafter
         torch.set_num_threads(1)
         cfg = TrainConfig(exit_dim=64, draft_vocab_size=48, beam_length=4, steps=10**6,
                           batch_size=16, ckpt_every=5, log_every=5)

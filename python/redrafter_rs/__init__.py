@@ -9,16 +9,9 @@ out.stats.tau  # tokens per verification step
 
 from redrafter_rs._core import Acceptance, Tree, accept, pack_beams
 from redrafter_rs._core import __version__ as __version__
-from redrafter_rs.acceptor import Acceptor, ExactAcceptor, VerifiedStep
-from redrafter_rs.beam_search import beam_search, best_nodes_search
-from redrafter_rs.drafter import DrafterConfig, RecurrentDrafter
-from redrafter_rs.drafting import Drafter, DrafterAdapter
-from redrafter_rs.engine import GenerationStats, Request, SpecConfig, SpeculativeGenerator
-from redrafter_rs.errors import RedrafterError
-from redrafter_rs.fastpath import AccelerateReport, accelerate, unaccelerate
-from redrafter_rs.generate import GenerationOutput, generate, stream
-from redrafter_rs.policy import PolicyConfig
-from redrafter_rs.retrieval import (
+from redrafter_rs.drafters.protocol import Drafter, DrafterAdapter
+from redrafter_rs.drafters.recurrent import DrafterConfig, RecurrentDrafter
+from redrafter_rs.drafters.retrieval import (
     Datastore,
     RetrievalConfig,
     RetrievalDrafter,
@@ -26,11 +19,21 @@ from redrafter_rs.retrieval import (
     SuffixAutomaton,
     build_datastore,
 )
-from redrafter_rs.sampling import SamplingParams
+from redrafter_rs.drafters.search import beam_search, best_nodes_search
+from redrafter_rs.engine.acceptor import Acceptor, ExactAcceptor, VerifiedStep
+from redrafter_rs.engine.fastpath import AccelerateReport, accelerate, unaccelerate
+from redrafter_rs.engine.policy import PolicyConfig
+from redrafter_rs.engine.sampling import SamplingParams
+from redrafter_rs.engine.scheduler import GenerationStats, Request, SpecConfig, SpeculativeGenerator
+from redrafter_rs.errors import RedrafterError
+from redrafter_rs.generate import GenerationOutput, generate, stream
 
 # Training is not imported with the library (torch training loops, teacher caches): these two
-# names load redrafter_rs.train on first use.
-_LAZY = {"TrainConfig": "redrafter_rs.train", "train_drafter": "redrafter_rs.train"}
+# names load redrafter_rs.training.train on first use.
+_LAZY = {
+    "TrainConfig": "redrafter_rs.training.train",
+    "train_drafter": "redrafter_rs.training.train",
+}
 
 
 def __getattr__(name: str):

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from redrafter_rs.drafter import CONFIG_NAME, RecurrentDrafter
+from redrafter_rs.drafters.recurrent import CONFIG_NAME, RecurrentDrafter
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_DRAFTER = ASSETS / "smollm2-135m-instruct-drafter"

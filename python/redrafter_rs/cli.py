@@ -30,7 +30,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--adaptive", action=argparse.BooleanOptionalAction, default=True,
         help="pick (W, L) per step from measured costs and acceptance, up to -W and -L, plain "
-        "decoding included (policy.py; the default); --no-adaptive: always W x L",
+        "decoding included (engine/policy.py; the default); --no-adaptive: always W x L",
     )  # fmt: skip
     p.add_argument(
         "--tree-nodes", type=positive_int, default=None, metavar="N",
@@ -180,14 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("--no-chat", dest="chat", action="store_false", help="skip the chat template")
     gen.set_defaults(func=cmd_generate)
-    from redrafter_rs.train_cli import add_train_parser
+    from redrafter_rs.training.cli import add_train_parser
 
     add_train_parser(sub)
-    from redrafter_rs import bench, bench_core
+    from redrafter_rs.bench import core as bench_core
+    from redrafter_rs.bench import runner as bench
 
     bench.add_parser(sub)
     bench_core.add_parser(sub)
-    from redrafter_rs.retrieval import add_datastore_parser
+    from redrafter_rs.drafters.retrieval import add_datastore_parser
 
     add_datastore_parser(sub)
     return parser

@@ -10,11 +10,16 @@ from torch import nn
 
 from redrafter_rs._common import pad_id
 from redrafter_rs._validate import check_drafter, check_optional_int
-from redrafter_rs.engine import GenerationStats, SpecConfig, SpeculativeGenerator
+from redrafter_rs.drafters.retrieval import (
+    RetrievalConfig,
+    RetrievalDrafter,
+    SourceStats,
+    with_retrieval,
+)
+from redrafter_rs.engine.policy import PolicyConfig
+from redrafter_rs.engine.sampling import SamplingParams
+from redrafter_rs.engine.scheduler import GenerationStats, SpecConfig, SpeculativeGenerator
 from redrafter_rs.errors import check
-from redrafter_rs.policy import PolicyConfig
-from redrafter_rs.retrieval import RetrievalConfig, RetrievalDrafter, SourceStats, with_retrieval
-from redrafter_rs.sampling import SamplingParams
 
 
 @dataclass
@@ -168,13 +173,13 @@ def generate(
     input_ids: [B, T] (or [T]), left-padded for B > 1 with `attention_mask` [B, T].
     adaptive: pick the draft tree per step (W' beams of L' tokens, or a best-nodes tree) from
     the batch size, measured costs and recent acceptance, up to (beam_width, beam_length),
-    including plain decoding (see policy.py); a `PolicyConfig` turns it on with those settings.
+    including plain decoding (see engine/policy.py); a `PolicyConfig` turns it on with those settings.
     retrieval: True or a `RetrievalConfig` adds retrieval drafts (the prompt and the text so far,
-    optionally a datastore) to the tree (see retrieval.py); `drafter` may then be None.
+    optionally a datastore) to the tree (see drafters/retrieval.py); `drafter` may then be None.
     tree_nodes: N drafts a best-nodes tree instead of W beams: the N drafted tokens of highest
-    path probability, expanding the W best nodes per depth up to depth L - 1 (beam_search.py).
+    path probability, expanding the W best nodes per depth up to depth L - 1 (drafters/search.py).
     seed: an int (every row) or one per row pins the sampled tokens: a seeded row gives the
-    same tokens alone or in any batch, with any drafter, shape or none (sampling.py); without
+    same tokens alone or in any batch, with any drafter, shape or none (engine/sampling.py); without
     it, draws come from `generator` (None: torch's global RNG).
     Returns input_ids followed by the new tokens; rows that stop early (EOS) are padded with
     `pad_token_id`, as `model.generate` pads them.

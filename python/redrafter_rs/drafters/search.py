@@ -50,7 +50,7 @@ def beam_search(
 
     With `return_log_probs`, also the drafter's log-distribution over the draft vocabulary at
     every drafted position of every final beam, [B, W, L-1, V'] (what a p/q acceptance test
-    would need; the engine does not, see sampling.py).
+    would need; the engine does not, see engine/sampling.py).
     """
     W, L = beam_width, beam_length
     _check_args(drafter, hidden, root, W, L)

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from redrafter_rs._io import atomic_write, atomic_write_json
-from redrafter_rs.drafter import embedding_probe, target_embedding, target_mismatch
+from redrafter_rs.drafters.recurrent import embedding_probe, target_embedding, target_mismatch
+from redrafter_rs.engine.target import Target
 from redrafter_rs.errors import RedrafterError, check
-from redrafter_rs.target import Target
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 1

@@ -36,20 +36,20 @@ from redrafter_rs._validate import (
     check_int,
     check_optional_int,
 )
-from redrafter_rs.acceptor import Acceptor, ExactAcceptor, VerifiedStep
-from redrafter_rs.batch import Batch, TreeVerifier
-from redrafter_rs.drafting import DrafterAdapter
-from redrafter_rs.errors import RedrafterError, check
-from redrafter_rs.kv import BatchCache
-from redrafter_rs.policy import (
+from redrafter_rs.drafters.protocol import DrafterAdapter
+from redrafter_rs.engine.acceptor import Acceptor, ExactAcceptor, VerifiedStep
+from redrafter_rs.engine.batch import Batch, TreeVerifier
+from redrafter_rs.engine.cache import BatchCache
+from redrafter_rs.engine.policy import (
     PolicyConfig,
     Shape,
     ShapePolicy,
     shape_name,
 )
-from redrafter_rs.sampling import GREEDY, SamplingParams, choose_tokens
-from redrafter_rs.target import Target, left_pad
-from redrafter_rs.transfer import Staging
+from redrafter_rs.engine.sampling import GREEDY, SamplingParams, choose_tokens
+from redrafter_rs.engine.target import Target, left_pad
+from redrafter_rs.engine.transfer import Staging
+from redrafter_rs.errors import RedrafterError, check
 
 
 @dataclass
@@ -264,7 +264,7 @@ class SpeculativeGenerator:
     ) -> None:
         """Queue a request; it is prefilled at the next `step()`.
 
-        `sampling.seed` pins the request's tokens (see sampling.py); otherwise sampled draws come
+        `sampling.seed` pins the request's tokens (see engine/sampling.py); otherwise sampled draws come
         from `generator` (None: torch's global RNG). Passing both is refused.
         """
         check_hashable("request_id", request_id)
@@ -422,7 +422,7 @@ class SpeculativeGenerator:
     def _draft(self, shape: Shape) -> torch.Tensor:
         """Beams [B, W', L] from the drafter (W' may differ from W for multi-source drafters;
         W' = N, ragged with -1 padding, for a best-nodes tree (W, L, N)). The drafter protocol
-        and its optional capabilities: drafting.py."""
+        and its optional capabilities: drafters/protocol.py."""
         context = ids = None
         if self.proposer.caps.uses_context:
             context = [r.context() for r in self.batch.requests]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from redrafter_rs.target import Target
+from redrafter_rs.engine.target import Target
 
 
 def weight_bytes(model: nn.Module) -> int:

@@ -241,7 +241,7 @@ class RecurrentDrafter(nn.Module):
         """Beams [B, W, L] starting with `root` [B], from h [B, H] (see `beam_search`); with
         `tree_nodes` N, the N best nodes as beams [B, N, L] that may end early (-1 padding;
         see `best_nodes_search`)."""
-        from redrafter_rs.beam_search import beam_search, best_nodes_search
+        from redrafter_rs.drafters.search import beam_search, best_nodes_search
 
         if tree_nodes is not None:
             return best_nodes_search(self, embed, hidden, root, tree_nodes, beam_width, beam_length)

@@ -50,7 +50,7 @@ from torch import nn
 from redrafter_rs import _core
 from redrafter_rs._common import read_jsonl
 from redrafter_rs._core import Datastore, SuffixAutomaton
-from redrafter_rs.drafting import DrafterAdapter
+from redrafter_rs.drafters.protocol import DrafterAdapter
 from redrafter_rs.errors import RedrafterError, check
 
 __all__ = [

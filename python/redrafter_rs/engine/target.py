@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from redrafter_rs.engine.cache import SlotCache
 from redrafter_rs.errors import RedrafterError, check
-from redrafter_rs.kv import SlotCache
 
 
 def left_pad(prompts, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +96,7 @@ class Target:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits [..., V] from final hidden states [..., H], in the LM head's dtype
-        (sampling.py converts to fp32 before choosing)."""
+        (engine/sampling.py converts to fp32 before choosing)."""
         logits = self.lm_head(hidden)
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap

@@ -3,7 +3,7 @@
 The engine's decode step is propose (drafting.DrafterAdapter) → pack (Rust) → verify (one target
 forward over the packed trees) → accept (an `Acceptor`) → KV upkeep. The default acceptor,
 `ExactAcceptor`, chooses the target's token at every tree node (argmax, or an exact sample,
-sampling.py) and lets the Rust core walk the tree along the chosen tokens. Another acceptance
+engine/sampling.py) and lets the Rust core walk the tree along the chosen tokens. Another acceptance
 rule plugs in through `SpeculativeGenerator(..., acceptor=...)`.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from redrafter_rs import _core
-from redrafter_rs.sampling import choose_tokens
+from redrafter_rs.engine.sampling import choose_tokens
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """`redrafter bench-core`: the Rust path (`pack_beams` + `accept`, as the engine calls them per
-step) against the pure-torch reference (reference.py), and the Rust path's share of a real
+step) against the pure-torch reference (bench/reference.py), and the Rust path's share of a real
 decode step of the default model.
 
 Beams come from a 4-letter alphabet after a per-row root, so they share prefixes about as often
@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from redrafter_rs import _core, reference
+from redrafter_rs import _core
 from redrafter_rs._validate import positive_int
+from redrafter_rs.bench import reference
 
 SIZES = tuple(itertools.product((1, 8), (4, 16), (4, 6)))  # (B, W, L)
 VOCAB = 49_152
@@ -75,7 +76,7 @@ def time_core(B: int, W: int, L: int) -> dict:
 @torch.no_grad()
 def time_step(model, drafter, prompts: list[list[int]], W: int, L: int, steps: int = 3) -> dict:
     """Per decode step of the engine at batch len(prompts): total ms and the Rust phases' ms."""
-    from redrafter_rs.engine import SpecConfig, SpeculativeGenerator
+    from redrafter_rs.engine.scheduler import SpecConfig, SpeculativeGenerator
 
     config = SpecConfig(beam_width=W, beam_length=L, max_new_tokens=steps * L + 2)
     engine = SpeculativeGenerator(model, drafter, config)
@@ -142,7 +143,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_bench_core(args: argparse.Namespace) -> int:
-    """Rust pack_beams + accept vs reference.py per step, and their share of a decode step."""
+    """Rust pack_beams + accept vs bench/reference.py per step, and their share of a decode step."""
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run(with_step=args.step)

@@ -1,7 +1,7 @@
 """Load-aware speculation: pick the draft tree per step from batch size and recent acceptance.
 
 A candidate shape is (W, L), W beams of L tokens, or (W, L, N), a best-nodes tree of N drafted
-tokens (the most probable paths up to depth L - 1, searched at width W; beam_search.py).
+tokens (the most probable paths up to depth L - 1, searched at width W; drafters/search.py).
 
 Speculation pays when the extra tokens a step emits outweigh what the bigger tree costs. Both
 sides are measured, not guessed:
@@ -45,8 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from redrafter_rs import fastpath
 from redrafter_rs._common import cuda_sync
+from redrafter_rs.engine import fastpath
 
 Shape = tuple[int, ...]  # (W, L) beams or (W, L, N) a best-nodes tree
 

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from redrafter_rs._io import atomic_write, atomic_write_json
-from redrafter_rs.drafter import RecurrentDrafter, target_embedding
+from redrafter_rs.drafters.recurrent import RecurrentDrafter, target_embedding
 from redrafter_rs.errors import RedrafterError, check
-from redrafter_rs.teacher import load_chunks
+from redrafter_rs.training.teacher import load_chunks
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -353,7 +353,7 @@ def check_resumable(state: dict, cfg: TrainConfig, data_info: dict, path: Path) 
 
 
 def _drafter_from_state(state: dict, model: nn.Module) -> RecurrentDrafter:
-    from redrafter_rs.drafter import DrafterConfig
+    from redrafter_rs.drafters.recurrent import DrafterConfig
 
     drafter = RecurrentDrafter(DrafterConfig(**state["drafter_config"]))
     try:
@@ -368,7 +368,7 @@ def export_drafter(
     out_dir: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16
 ) -> RecurrentDrafter:
     """Write the checkpoint's drafter to `dest` (from_pretrained format) in `dtype`."""
-    from redrafter_rs.drafter import DrafterConfig
+    from redrafter_rs.drafters.recurrent import DrafterConfig
 
     state = load_checkpoint(Path(out_dir) / CHECKPOINT)
     drafter = RecurrentDrafter(DrafterConfig(**state["drafter_config"]))
@@ -460,7 +460,7 @@ def with_init_architecture(cfg: TrainConfig) -> TrainConfig:
     `grow_vocab`; the default draft vocabulary size means "the init drafter's")."""
     if not cfg.init_from:
         return cfg
-    from redrafter_rs.drafter import CONFIG_NAME, read_config
+    from redrafter_rs.drafters.recurrent import CONFIG_NAME, read_config
 
     init = read_config(Path(cfg.init_from) / CONFIG_NAME)
     default = TrainConfig()
@@ -523,7 +523,7 @@ def grow_vocab(
 
 
 def _load_caches(caches: list, model: nn.Module) -> dict[str, torch.Tensor]:
-    from redrafter_rs.teacher import concat_chunks
+    from redrafter_rs.training.teacher import concat_chunks
 
     parts = [load_chunks(c, model) for c in caches]
     return parts[0] if len(parts) == 1 else concat_chunks(parts)

@@ -135,7 +135,7 @@ def add_train_parser(sub) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Build or resume the teacher caches, train, optionally export."""
-    from redrafter_rs.train import TrainConfig, export_drafter, train_drafter
+    from redrafter_rs.training.train import TrainConfig, export_drafter, train_drafter
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,7 +212,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _existing_caches(paths: list[str]) -> list[Path]:
-    from redrafter_rs.teacher import read_manifest
+    from redrafter_rs.training.teacher import read_manifest
 
     for p in map(Path, paths):
         check(read_manifest(p) is not None, f"--caches: {p} is not a teacher cache (no manifest)")
@@ -226,7 +226,7 @@ def _default_cache_root(name: str) -> Path:
 
 
 def _eval_prompts(tok, n: int, seed: int) -> list[torch.Tensor]:
-    from redrafter_rs.selfdistill import encode_prompts, instruction_prompts
+    from redrafter_rs.training.selfdistill import encode_prompts, instruction_prompts
 
     held_out = instruction_prompts(n, seed=10_000 + seed)  # a seed no training set uses
     return [torch.tensor([ids]) for ids in encode_prompts(tok, held_out)]
@@ -236,7 +236,7 @@ def _eval_prompts(tok, n: int, seed: int) -> list[torch.Tensor]:
 def build_caches(model, tok, root: Path, args: argparse.Namespace) -> list[Path]:
     """Produce (or finish) every cache the arguments ask for; returns their directories."""
     from redrafter_rs._common import eos_ids
-    from redrafter_rs.selfdistill import builtin_prompts, encode_prompts, generate_cache
+    from redrafter_rs.training.selfdistill import builtin_prompts, encode_prompts, generate_cache
 
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     caches = []
@@ -279,7 +279,7 @@ def _sampled_cache(model, tok, root: Path, args, eos: set[int], log) -> Path:
     """Prompts the target writes itself (kept in `prompts.json`, so a resumed run answers the
     same ones), answered greedily. A shard K/N writes its share with its own seed."""
     from redrafter_rs._io import atomic_write_json
-    from redrafter_rs.selfdistill import (
+    from redrafter_rs.training.selfdistill import (
         builtin_openings,
         encode_prompts,
         generate_cache,
@@ -309,7 +309,7 @@ def _sampled_cache(model, tok, root: Path, args, eos: set[int], log) -> Path:
 
 def _gen_config(args, **fields):
     """The generation settings every self-distillation cache shares, plus `fields`."""
-    from redrafter_rs.selfdistill import SelfDistillConfig
+    from redrafter_rs.training.selfdistill import SelfDistillConfig
 
     return SelfDistillConfig(
         max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch, top_k=args.top_k, **fields
@@ -390,7 +390,7 @@ def _jsonl_prompts(tok, files: list[Path]) -> list[str]:
 
 def teacher_force_cache(model, tok, files, directory: Path, window: int, top_k: int, log) -> None:
     """Teacher-forced outputs over text windows (resumable by window count)."""
-    from redrafter_rs.teacher import (
+    from redrafter_rs.training.teacher import (
         ChunkWriter,
         check_manifest_target,
         new_manifest,

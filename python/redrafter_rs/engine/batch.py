@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import torch
 
 from redrafter_rs import _core
-from redrafter_rs.kv import BatchCache
-from redrafter_rs.target import Target
-from redrafter_rs.transfer import Staging
+from redrafter_rs.engine.cache import BatchCache
+from redrafter_rs.engine.target import Target
+from redrafter_rs.engine.transfer import Staging
 
 
 class Batch:

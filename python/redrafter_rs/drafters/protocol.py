@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from redrafter_rs._validate import check_drafter
-from redrafter_rs.policy import Shape, draft_kwargs, tree_nodes
+from redrafter_rs.engine.policy import Shape, draft_kwargs, tree_nodes
 
 
 @runtime_checkable

@@ -8,7 +8,7 @@ target write user prompts itself (its chat template's pre-query prefix, sampled)
 questions are never used: they are the benchmark.
 
 `generate_cache` answers the prompts in left-padded batches with the target's own greedy decode
-and records, at every answer position, the teacher outputs of `teacher.py` (the hidden state and
+and records, at every answer position, the teacher outputs of `training/teacher.py` (the hidden state and
 top-k logits come for free from the decode step, so no second teacher pass is needed).
 """
 
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from redrafter_rs._common import eos_ids, pad_id
+from redrafter_rs.engine.target import Target, left_pad
 from redrafter_rs.errors import check
-from redrafter_rs.target import Target, left_pad
-from redrafter_rs.teacher import (
+from redrafter_rs.training.teacher import (
     ChunkWriter,
     SequenceRecord,
     check_manifest_target,
@@ -37,7 +37,7 @@ from redrafter_rs.teacher import (
     read_manifest,
 )
 
-INSTRUCTIONS = Path(__file__).parent / "train_data" / "instructions.json"
+INSTRUCTIONS = Path(__file__).parent.parent / "train_data" / "instructions.json"
 CATEGORIES = (
     "writing",
     "roleplay",

@@ -8,7 +8,7 @@ Methods (all greedy, batch 1):
     redrafter_WxL      ReDrafter with beam width W and beam length L, one per grid point
     redrafter_WxLnN    ReDrafter drafting a best-nodes tree of N tokens (the most probable
                        paths up to depth L - 1; `tree_grid`, e.g. --tree-grid 4x4n3,4x5n9)
-    redrafter_auto     ReDrafter with the load-aware policy (`adaptive=True`, policy.py): (W, L)
+    redrafter_auto     ReDrafter with the load-aware policy (`adaptive=True`, engine/policy.py): (W, L)
                        chosen per step from measured costs and acceptance, up to the grid's
                        largest W and L, plain decoding included
     hf_prompt_lookup   `model.generate(prompt_lookup_num_tokens=...)`
@@ -16,13 +16,13 @@ Methods (all greedy, batch 1):
     oracle_WxL         with `oracle`: ReDrafter whose beam 0 is the baseline's own output (other
                        beams random) at zero drafting cost, the ceiling at that (W, L) given
                        today's verification cost (its reference comes from an untimed greedy run)
-With `fast` (the CPU fast path, fastpath.py), every method also runs as `<name>+fast` on the
+With `fast` (the CPU fast path, engine/fastpath.py), every method also runs as `<name>+fast` on the
 same model with redrafter-rs's linear kernels switched on; the baseline `hf_greedy` stays stock.
 So `hf_greedy+fast` is the accelerated model's own `model.generate`, `plain_loop+fast` the fast
 forward without speculation, and every method reports its speedup against both `hf_greedy` and
 `plain_loop+fast` (speculation's own share). The bench then also measures the verification cost
 curve c(N), stock and fast side by side, and the machine's bandwidth floor for the weights
-(cost.py), and the largest |Δlogit| between a plain step and the same token inside a tree.
+(bench/cost.py), and the largest |Δlogit| between a plain step and the same token inside a tree.
 
 Prompts run one after the other; for each prompt every method runs once, in an order rotated per
 prompt, so machine drift hits all methods alike. A warm-up prompt runs first and is not counted.
@@ -55,7 +55,7 @@ from redrafter_rs._common import (
     verified_tokens,
 )
 from redrafter_rs._validate import nonnegative_int, positive_int
-from redrafter_rs.policy import shape_name
+from redrafter_rs.engine.policy import shape_name
 
 DEFAULT_GRID = ((1, 3), (1, 4), (2, 4), (4, 4), (4, 5))  # small trees: see benchmarks/README.md
 DEFAULT_RETRIEVAL_GRID = ((1, 8),)  # retrieval alone: one long candidate, like prompt lookup
@@ -302,7 +302,7 @@ def build_methods(config: BenchConfig, setup: Setup) -> tuple[list[Method], dict
 def _retrieval_methods(config: BenchConfig, setup: Setup) -> list[Method]:
     """retrieval_WxL (retrieval drafts alone, prompt + output so far) for `retrieval_grid`, and
     redrafter+retrieval_WxL (both sources in one tree, adaptive budget) for `grid`."""
-    from redrafter_rs.retrieval import RetrievalConfig
+    from redrafter_rs.drafters.retrieval import RetrievalConfig
 
     model, n = setup.model, config.max_new_tokens
     methods = [
@@ -373,7 +373,7 @@ def _selected(name: str, patterns: tuple[str, ...]) -> bool:
 
 # ---- running ------------------------------------------------------------------------------
 def _run_one(method: Method, model: nn.Module, ids: torch.Tensor) -> tuple[list[int], dict]:
-    from redrafter_rs import fastpath
+    from redrafter_rs.engine import fastpath
 
     if method.fast:
         fastpath.set_active(model, True)
@@ -434,7 +434,7 @@ def run_bench(
 
 
 def _run(config: BenchConfig, setup: Setup, log: Callable[[str], None]) -> dict:
-    from redrafter_rs import fastpath
+    from redrafter_rs.engine import fastpath
 
     model, tok = setup.model, setup.tokenizer
     prompts = spread(load_prompts(config, tok), config.num_prompts + config.warmup)
@@ -483,7 +483,7 @@ def _set_reference(methods: list[Method], model: nn.Module, ids, n: int) -> None
 
 
 def _patch(model: nn.Module) -> dict:
-    from redrafter_rs import fastpath
+    from redrafter_rs.engine import fastpath
 
     report = fastpath.accelerate(model)
     fastpath.set_active(model, False)
@@ -493,7 +493,7 @@ def _patch(model: nn.Module) -> dict:
 @torch.no_grad()
 def _logit_diff(model: nn.Module, tok, text: str, extra: int = 16) -> float:
     """max |logits(+fast) - logits| over a prompt plus `extra` tokens, in one forward."""
-    from redrafter_rs import fastpath
+    from redrafter_rs.engine import fastpath
 
     ids = tok(text, return_tensors="pt").input_ids.to(model.device)
     cont = torch.randint(0, model.get_input_embeddings().weight.shape[0], (1, extra))
@@ -511,9 +511,9 @@ def _logit_diff(model: nn.Module, tok, text: str, extra: int = 16) -> float:
 def _tree_vs_plain(model: nn.Module, tok, text: str, extra: int = 16) -> dict:
     """Largest |Δlogit| between `extra` tokens decoded one plain step at a time and the same
     tokens verified in one tree forward (a chain under the 4D mask), stock and fast."""
-    from redrafter_rs import fastpath
-    from redrafter_rs.cost import chain_mask, crop
-    from redrafter_rs.target import Target
+    from redrafter_rs.bench.cost import chain_mask, crop
+    from redrafter_rs.engine import fastpath
+    from redrafter_rs.engine.target import Target
 
     target = Target(model)
     ids = tok(text, return_tensors="pt").input_ids
@@ -546,8 +546,9 @@ def _forward_costs(model: nn.Module, sizes: tuple[int, ...]) -> dict:
     the kernels), interleaved, plus the bandwidth floor of the weights."""
     from transformers import DynamicCache
 
-    from redrafter_rs import cost, fastpath
-    from redrafter_rs.kv import SlotCache
+    from redrafter_rs.bench import cost
+    from redrafter_rs.engine import fastpath
+    from redrafter_rs.engine.cache import SlotCache
 
     arms = {
         "stock": (model, DynamicCache, lambda on: None),
