@@ -8,20 +8,21 @@ import time
 
 import torch
 
+from redrafter_rs._flags import add_drafter, add_max_new_tokens, add_threads, apply_threads
 from redrafter_rs._validate import nonnegative_int, positive_int
 from redrafter_rs.errors import RedrafterError
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    add_max_new_tokens(p, 128)
     # The best fixed shape depends on the CPU (benchmarks/README.md): 4x4 + retrieval was best on
     # an AMD EPYC (2026-11-23: 1.14x), 1x3 + retrieval on an Intel Xeon with AVX-512 (2026-12-02:
     # 1.36x, 4x4 1.05x). So by default the policy picks per step, up to -W x -L (adaptive: 1.31x
     # there).
     p.add_argument("--beam-width", "-W", type=positive_int, default=4)
     p.add_argument("--beam-length", "-L", type=positive_int, default=4)
-    p.add_argument("--drafter", default=None, help="drafter directory (default: the shipped one)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_drafter(p)
+    add_threads(p)
     p.add_argument(
         "--no-retrieval", dest="retrieval", action="store_false",
         help="RNN drafts only (default: also draft from the prompt and the text so far with a "
@@ -62,8 +63,7 @@ def _load(args: argparse.Namespace):
     from redrafter_rs.assets import load_drafter
     from redrafter_rs.models import load_model
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     model, tok = load_model()
     args.fast = args.fast and model.device.type == "cpu"
     drafter, args.drafter_label = load_drafter(model, args.drafter)

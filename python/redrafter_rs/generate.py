@@ -173,7 +173,8 @@ def generate(
     input_ids: [B, T] (or [T]), left-padded for B > 1 with `attention_mask` [B, T].
     adaptive: pick the draft tree per step (W' beams of L' tokens, or a best-nodes tree) from
     the batch size, measured costs and recent acceptance, up to (beam_width, beam_length),
-    including plain decoding (see engine/policy.py); a `PolicyConfig` turns it on with those settings.
+    including plain decoding (see engine/policy.py); a `PolicyConfig` turns it on with those
+    settings.
     retrieval: True or a `RetrievalConfig` adds retrieval drafts (the prompt and the text so far,
     optionally a datastore) to the tree (see drafters/retrieval.py); `drafter` may then be None.
     tree_nodes: N drafts a best-nodes tree instead of W beams: the N drafted tokens of highest

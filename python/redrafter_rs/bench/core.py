@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from redrafter_rs import _core
-from redrafter_rs._validate import positive_int
+from redrafter_rs._flags import add_threads, apply_threads
 from redrafter_rs.bench import reference
 
 SIZES = tuple(itertools.product((1, 8), (4, 16), (4, 6)))  # (B, W, L)
@@ -137,15 +137,14 @@ def markdown(rows: list[dict]) -> str:
 def add_parser(sub) -> None:
     p = sub.add_parser("bench-core", help="Rust pack/accept vs the pure-torch reference")
     p.add_argument("--no-step", dest="step", action="store_false", help="skip the model step")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_threads(p)
     p.add_argument("--out", default="bench-out", help="output directory")
     p.set_defaults(func=cmd_bench_core)
 
 
 def cmd_bench_core(args: argparse.Namespace) -> int:
     """Rust pack_beams + accept vs bench/reference.py per step, and their share of a decode step."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     rows = run(with_step=args.step)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

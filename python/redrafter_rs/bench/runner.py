@@ -8,9 +8,10 @@ Methods (all greedy, batch 1):
     redrafter_WxL      ReDrafter with beam width W and beam length L, one per grid point
     redrafter_WxLnN    ReDrafter drafting a best-nodes tree of N tokens (the most probable
                        paths up to depth L - 1; `tree_grid`, e.g. --tree-grid 4x4n3,4x5n9)
-    redrafter_auto     ReDrafter with the load-aware policy (`adaptive=True`, engine/policy.py): (W, L)
-                       chosen per step from measured costs and acceptance, up to the grid's
-                       largest W and L, plain decoding included
+    redrafter_auto     ReDrafter with the load-aware policy (`adaptive=True`,
+                       engine/policy.py): (W, L) chosen per step from measured costs
+                       and acceptance, up to the grid's largest W and L, plain decoding
+                       included
     hf_prompt_lookup   `model.generate(prompt_lookup_num_tokens=...)`
     hf_assisted        `model.generate(assistant_model=...)`, only with `--assistant DIR`
     oracle_WxL         with `oracle`: ReDrafter whose beam 0 is the baseline's own output (other
@@ -54,6 +55,7 @@ from redrafter_rs._common import (
     tau_of,
     verified_tokens,
 )
+from redrafter_rs._flags import add_drafter, add_max_new_tokens, add_model, add_threads
 from redrafter_rs._validate import nonnegative_int, positive_int
 from redrafter_rs.engine.policy import shape_name
 
@@ -903,11 +905,11 @@ def add_parser(sub) -> None:
     """Register `redrafter bench` on the CLI's subparsers."""
     p = sub.add_parser("bench", help="ReDrafter vs model.generate vs prompt lookup (tokens/s, τ)")
     d = BenchConfig()
-    p.add_argument("--model", default=d.model, help="default | gemma-3-270m | model directory")
-    p.add_argument("--drafter", default=None, help="drafter directory (default: the shipped one)")
+    add_model(p, d.model, "default | gemma-3-270m | model directory")
+    add_drafter(p)
     p.add_argument("--prompts", default=None, help="JSON-lines file (keys prompt or turns)")
     p.add_argument("--num-prompts", type=positive_int, default=d.num_prompts)
-    p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens)
+    add_max_new_tokens(p, d.max_new_tokens)
     p.add_argument("--grid", type=parse_grid, default=d.grid, help="W x L points, e.g. 1x4,4x5")
     p.add_argument(
         "--retrieval-grid", type=parse_grid, default=d.retrieval_grid,
@@ -933,7 +935,7 @@ def add_parser(sub) -> None:
         "--no-adaptive", dest="adaptive", action="store_false",
         help="skip redrafter_auto and redrafter+retrieval_auto (the load-aware policy)",
     )  # fmt: skip
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_threads(p)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype)
     p.add_argument("--device", default=d.device, help="cpu | cuda")
     p.add_argument("--no-chat", dest="chat", action="store_false", help="skip the chat template")

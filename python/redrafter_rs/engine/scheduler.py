@@ -264,8 +264,8 @@ class SpeculativeGenerator:
     ) -> None:
         """Queue a request; it is prefilled at the next `step()`.
 
-        `sampling.seed` pins the request's tokens (see engine/sampling.py); otherwise sampled draws come
-        from `generator` (None: torch's global RNG). Passing both is refused.
+        `sampling.seed` pins the request's tokens (see engine/sampling.py); otherwise sampled
+        draws come from `generator` (None: torch's global RNG). Passing both is refused.
         """
         check_hashable("request_id", request_id)
         budget = check_optional_int("max_new_tokens", max_new_tokens, low=1)

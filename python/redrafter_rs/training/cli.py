@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from redrafter_rs._flags import add_max_new_tokens, add_model, add_threads, apply_threads
 from redrafter_rs._validate import arg_int, nonnegative_int, positive_float, positive_int
 from redrafter_rs.errors import check
 
@@ -30,7 +31,7 @@ def add_train_parser(sub) -> None:
         "train", help="distil a drafter from a target model (knowledge distillation)"
     )
     data = p.add_argument_group("data")
-    data.add_argument("--model", default=None, help="HF model directory (default: SmolLM2-135M)")
+    add_model(data, None, "HF model directory (default: SmolLM2-135M)")
     data.add_argument(
         "--instructions", type=nonnegative_int, default=0, help="built-in prompts to answer"
     )
@@ -52,7 +53,7 @@ def add_train_parser(sub) -> None:
     data.add_argument("--data", nargs="*", default=[], help="text files, directories, JSONL")
     data.add_argument("--self-distill", action="store_true", help="answer --data JSONL prompts")
     data.add_argument("--cache", default=None, help="teacher cache root directory")
-    data.add_argument("--max-new-tokens", type=positive_int, default=128, help="answer length")
+    add_max_new_tokens(data, 128, "answer length")
     data.add_argument(
         "--gen-batch", type=positive_int, default=48, help="prompts answered per batch"
     )
@@ -127,7 +128,7 @@ def add_train_parser(sub) -> None:
     t.add_argument(
         "--stop-after", type=positive_int, default=None, help="end this run at this step"
     )
-    t.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_threads(t)
     t.add_argument("--export", default=None, help="write the trained drafter here")
     t.add_argument("--export-dtype", choices=sorted(_DTYPES), default="float16")
     p.set_defaults(func=cmd_train)
@@ -137,8 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Build or resume the teacher caches, train, optionally export."""
     from redrafter_rs.training.train import TrainConfig, export_drafter, train_drafter
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     model, tok, name = _load_target(args.model)
     root = Path(args.cache) if args.cache else _default_cache_root(name)
     caches = build_caches(model, tok, root, args) + _existing_caches(args.caches)

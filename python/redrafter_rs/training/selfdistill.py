@@ -8,8 +8,8 @@ target write user prompts itself (its chat template's pre-query prefix, sampled)
 questions are never used: they are the benchmark.
 
 `generate_cache` answers the prompts in left-padded batches with the target's own greedy decode
-and records, at every answer position, the teacher outputs of `training/teacher.py` (the hidden state and
-top-k logits come for free from the decode step, so no second teacher pass is needed).
+and records, at every answer position, the teacher outputs of `training/teacher.py` (the hidden
+state and top-k logits come for free from the decode step, so no second teacher pass is needed).
 """
 
 from __future__ import annotations
