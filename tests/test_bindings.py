@@ -8,7 +8,7 @@ import pytest
 import redrafter_rs as rr
 from redrafter_rs import RedrafterError
 
-# The 3-beam example of redrafter-reference.md §3 (B=1, W=3, L=4).
+# The 3-beam example of docs/design.md §5 (B=1, W=3, L=4).
 BEAMS = np.array([[[91, 92, 93, 95], [91, 92, 94, 96], [91, 92, 93, 97]]], dtype=np.int64)
 
 

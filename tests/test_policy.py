@@ -13,7 +13,7 @@ from helpers import OracleDrafter, tiny_llama
 from redrafter_rs.engine.policy import PolicyConfig, ShapePolicy
 
 # Step costs measured on this 2-core CPU for SmolLM2-135M (ms per target forward with m new
-# tokens, offline-assets.md) and a drafter costing 2 ms per drafted depth at W = 4.
+# tokens; see benchmarks/README.md) and a drafter costing 2 ms per drafted depth at W = 4.
 TARGET_MS = {1: 51, 2: 54, 3: 56, 4: 95, 5: 99, 8: 118, 16: 194, 32: 380, 64: 760, 128: 1520}
 
 

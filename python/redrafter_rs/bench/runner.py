@@ -1,5 +1,5 @@
 """`redrafter bench`: ReDrafter against plain greedy decoding and HF assisted generation, side by
-side in one process on the same model, prompts and token budget (design.md §8).
+side in one process on the same model, prompts and token budget (docs/design.md §12).
 
 Methods (all greedy, batch 1):
     hf_greedy          `model.generate(do_sample=False)`: the baseline
