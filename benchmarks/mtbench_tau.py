@@ -27,7 +27,7 @@ import torch
 import redrafter_rs as rr
 from redrafter_rs._io import atomic_write_text
 from redrafter_rs.assets import load_default_drafter
-from redrafter_rs.bench.runner import _hf_runner, parse_grid, parse_tree_grid
+from redrafter_rs.bench.runner import hf_runner, parse_grid, parse_tree_grid
 from redrafter_rs.data import chat_prompt, mt_bench_questions
 from redrafter_rs.drafters.recurrent import RecurrentDrafter
 from redrafter_rs.engine.target import left_pad
@@ -118,7 +118,7 @@ def references(model, prompts: list[list[int]], n: int, path: str | None) -> lis
             return cached["refs"]
     t0 = time.perf_counter()
     with torch.no_grad():
-        greedy = _hf_runner(model, n)  # model.generate, greedy: the reference
+        greedy = hf_runner(model, n)  # model.generate, greedy: the reference
         refs = [greedy(torch.tensor([ids]))[0] for ids in prompts]
     print(f"references: {time.perf_counter() - t0:.0f} s", flush=True)
     if path:

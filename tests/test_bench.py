@@ -11,6 +11,7 @@ import redrafter_rs as rr
 from helpers import tiny_llama
 from redrafter_rs.bench import core as bench_core
 from redrafter_rs.bench import reference
+from redrafter_rs.bench import report as bench_report
 from redrafter_rs.bench import runner as bench
 from redrafter_rs.cli import build_parser
 from redrafter_rs.engine import fastpath
@@ -65,7 +66,7 @@ def test_bench_tiny_model_jsonl(tmp_path):
     )
     setup = bench.Setup(model, CharTokenizer(96), drafter, "random (test)")
     report = bench.run_bench(config, setup, log=lambda s: None)
-    paths = bench.write_reports(report, tmp_path / "out")
+    paths = bench_report.write_reports(report, tmp_path / "out")
     _check_outputs(report, paths)
     names = set(report["methods"])
     assert {"hf_greedy", "plain_loop", "redrafter_2x4", "oracle_1x3", "hf_prompt_lookup"} <= names
@@ -124,7 +125,7 @@ def test_bench_default_model_two_prompts(smollm, tmp_path):
         num_prompts=2, max_new_tokens=8, grid=((2, 3),), fast=True, threads=1, cost_sizes=(1, 8)
     )
     report = bench.run_bench(config, setup, log=lambda s: None)
-    paths = bench.write_reports(report, tmp_path)
+    paths = bench_report.write_reports(report, tmp_path)
     _check_outputs(report, paths)
     assert report["methods"]["plain_loop"]["time_split"]["target"] > 0.5
     assert report["fast"]["max_abs_logit_diff"] < 1e-3
