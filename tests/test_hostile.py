@@ -325,7 +325,7 @@ def test_datastore_build_with_a_missing_tokenizer(tmp_path, capsys):
 
 
 def test_datastore_build_on_an_empty_corpus(tmp_path, capsys):
-    from redrafter_rs.drafters.retrieval import build_datastore
+    from redrafter_rs.drafters.datastore import build_datastore
 
     doc = tmp_path / "empty.txt"
     doc.write_text("")

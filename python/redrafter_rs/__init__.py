@@ -9,6 +9,7 @@ out.stats.tau  # tokens per verification step
 
 from redrafter_rs._core import Acceptance, Tree, accept, pack_beams
 from redrafter_rs._core import __version__ as __version__
+from redrafter_rs.drafters.datastore import build_datastore
 from redrafter_rs.drafters.protocol import Drafter, DrafterAdapter
 from redrafter_rs.drafters.recurrent import DrafterConfig, RecurrentDrafter
 from redrafter_rs.drafters.retrieval import (
@@ -17,7 +18,6 @@ from redrafter_rs.drafters.retrieval import (
     RetrievalDrafter,
     SourceStats,
     SuffixAutomaton,
-    build_datastore,
 )
 from redrafter_rs.drafters.search import beam_search, best_nodes_search
 from redrafter_rs.engine.acceptor import Acceptor, ExactAcceptor, VerifiedStep

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_parser(sub)
     bench_core.add_parser(sub)
-    from redrafter_rs.drafters.retrieval import add_datastore_parser
+    from redrafter_rs.drafters.datastore import add_datastore_parser
 
     add_datastore_parser(sub)
     return parser
