@@ -266,7 +266,9 @@ pub(crate) fn advance<G: Graph>(g: &G, s: &mut u32, l: &mut usize, t: i64) {
             return;
         }
         *s = g.link(*s);
-        *l = g.state_len(*s);
+        // A suffix link's state is shorter than the match in a well-formed automaton; `min`
+        // keeps a corrupt one (a loaded file) from growing the match past the tokens seen.
+        *l = g.state_len(*s).min(*l);
     }
 }
 
