@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from redrafter_rs.bench.oracle import OracleDrafter  # noqa: F401 (the library's, for the tests)
+
 
 def tiny_llama(seed: int = 0, vocab_size: int = 96, **overrides) -> LlamaForCausalLM:
     """A 2-layer random Llama (fp32, eager-free sdpa attention) with peaky logits."""
@@ -32,44 +34,6 @@ def tiny_llama(seed: int = 0, vocab_size: int = 96, **overrides) -> LlamaForCaus
         **overrides,
     )
     return LlamaForCausalLM(config).eval()
-
-
-class OracleDrafter:
-    """Proposes the target's own greedy continuation as beam 0 (other beams: random tokens).
-
-    `references` are full plain-greedy outputs (prompt + new tokens) of the target, one per
-    prompt; each row's context (prompt + emitted tokens) picks the reference it is a prefix of.
-    With it every draft token is accepted: the all-accepted path and the bonus token.
-    """
-
-    uses_context = True
-
-    def __init__(self, references, vocab_size: int, seed: int = 0) -> None:
-        if isinstance(references, torch.Tensor) and references.dim() == 1:
-            references = [references]
-        self.references = [list(map(int, r)) for r in references]
-        self.vocab_size = vocab_size
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def truth(self, ctx: list[int], n: int) -> torch.Tensor:
-        """The n reference tokens after `ctx` (zeros where none is known)."""
-        pos = len(ctx)
-        for ref in self.references:
-            if ref[:pos] == ctx:
-                got = ref[pos : pos + n]
-                return torch.tensor(got + [0] * (n - len(got)), dtype=torch.long)
-        return torch.zeros(n, dtype=torch.long)
-
-    def random_beams(self, root, W: int, L: int) -> torch.Tensor:
-        beams = torch.randint(0, self.vocab_size, (root.numel(), W, L), generator=self.gen)
-        beams[:, :, 0] = root.cpu()[:, None]
-        return beams
-
-    def draft(self, hidden, root, *, embed, beam_width, beam_length, context, request_ids=None):
-        beams = self.random_beams(root, beam_width, beam_length)
-        for b, ctx in enumerate(context):
-            beams[b, 0, 1:] = self.truth(ctx.tolist(), beam_length - 1)
-        return beams.to(root.device)
 
 
 class NoisyOracleDrafter(OracleDrafter):

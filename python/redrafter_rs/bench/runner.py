@@ -50,6 +50,7 @@ from redrafter_rs._common import (
 )
 from redrafter_rs._flags import add_drafter, add_max_new_tokens, add_model, add_threads
 from redrafter_rs._validate import nonnegative_int, positive_int
+from redrafter_rs.bench.oracle import OracleDrafter
 from redrafter_rs.bench.report import markdown_table, summarize, write_reports
 from redrafter_rs.engine.policy import shape_name
 
@@ -276,7 +277,7 @@ def build_methods(config: BenchConfig, setup: Setup) -> tuple[list[Method], dict
     if config.retrieval:
         methods += _retrieval_methods(config, setup)
     if config.oracle:
-        oracle = OracleDrafter(model.get_input_embeddings().weight.shape[0])
+        oracle = OracleDrafter(vocab_size=model.get_input_embeddings().weight.shape[0])
         for W, L in config.grid:
             run = _engine_runner(model, oracle, n, W, L)
             methods.append(Method(f"oracle_{shape_name((W, L))}", run, shape=(W, L), oracle=oracle))
@@ -327,28 +328,6 @@ def _retrieval_methods(config: BenchConfig, setup: Setup) -> list[Method]:
 def _grid_bound(grid: tuple[tuple[int, int], ...]) -> tuple[int, int]:
     """The largest W and the largest L of the grid: the adaptive methods' upper bound."""
     return max(W for W, _ in grid), max(L for _, L in grid)
-
-
-class OracleDrafter(nn.Module):
-    """Beam 0 is the reference continuation (set per prompt); other beams are random tokens."""
-
-    uses_context = True
-
-    def __init__(self, vocab_size: int, seed: int = 0) -> None:
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.gen = torch.Generator().manual_seed(seed)
-        self.reference: list[int] = []  # the baseline's new tokens for the current prompt
-        self.prompt_len = 0
-
-    def draft(self, hidden, root, *, embed, beam_width, beam_length, context, request_ids=None):
-        W, L = beam_width, beam_length
-        beams = torch.randint(0, self.vocab_size, (1, W, L), generator=self.gen)  # [1, W, L]
-        beams[:, :, 0] = root.cpu()
-        emitted = context[0].numel() - self.prompt_len  # the root is the last emitted token
-        truth = self.reference[emitted : emitted + L - 1]
-        beams[0, 0, 1 : 1 + len(truth)] = torch.tensor(truth, dtype=torch.long)
-        return beams.to(root.device)
 
 
 class _NoDrafter(nn.Module):
@@ -474,7 +453,7 @@ def _set_reference(methods: list[Method], model: nn.Module, ids, n: int) -> None
         return
     reference, _ = hf_runner(model, n)(ids)
     for oracle in oracles.values():
-        oracle.reference, oracle.prompt_len = reference, ids.shape[1]
+        oracle.references = [ids[0].tolist() + list(reference)]
 
 
 def _patch(model: nn.Module) -> dict:
