@@ -197,3 +197,33 @@ def test_generate_rejects_bad_input(tiny_model, tiny_drafter, ids, kwargs, fragm
     with pytest.raises(RedrafterError) as info:
         rr.generate(tiny_model, tiny_drafter, ids, **kwargs)
     assert fragment in str(info.value)
+
+
+def test_checkpoints_hold_no_machine_paths(tmp_path, tiny_model):
+    """target_name is a portable model name: a local directory becomes its last component
+    (hub ids stay), new drafters and older checkpoints alike; the shipped one has no path."""
+    from redrafter_rs.assets import DEFAULT_DRAFTER
+    from redrafter_rs.drafters.recurrent import portable_model_name
+
+    assert portable_model_name("/root/.cache/redrafter/models/SmolLM2-135M-Instruct") == (
+        "SmolLM2-135M-Instruct"
+    )
+    assert portable_model_name("~/models/m1/") == "m1"
+    assert portable_model_name("HuggingFaceTB/SmolLM2-135M-Instruct") == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
+    assert portable_model_name("") == ""
+    before = tiny_model.config._name_or_path
+    tiny_model.config._name_or_path = str(tmp_path / "my-target")
+    try:
+        drafter = rr.RecurrentDrafter.for_target(tiny_model)
+    finally:
+        tiny_model.config._name_or_path = before
+    assert drafter.config.target_name == "my-target"
+    drafter.save_pretrained(tmp_path / "d")
+    raw = json.loads((tmp_path / "d" / "config.json").read_text())
+    raw["target_name"] = "/home/someone/cache/my-target"  # as older versions wrote it
+    (tmp_path / "d" / "config.json").write_text(json.dumps(raw))
+    assert rr.RecurrentDrafter.from_pretrained(tmp_path / "d").config.target_name == "my-target"
+    shipped = json.loads((DEFAULT_DRAFTER / "config.json").read_text())["target_name"]
+    assert shipped == "SmolLM2-135M-Instruct"

@@ -47,7 +47,7 @@ class DrafterConfig:
     num_layers: int = 1  # residual SiLU blocks
     rnn: bool = True  # recurrent state (True) or running sum of embeddings (False)
     draft_vocab_size: int | None = None  # size of the reduced head; None = full vocabulary
-    target_name: str = ""  # informational: the target this drafter was made for
+    target_name: str = ""  # informational: the target's model name (never a machine path)
     # Fingerprint of the target's input embeddings (a few rows), to refuse a mismatched target.
     embedding_probe: list[float] | None = field(default=None, repr=False)
 
@@ -62,6 +62,8 @@ class DrafterConfig:
             isinstance(self.target_name, str),
             f"target_name must be a string, got {type(self.target_name).__name__}",
         )
+        # checkpoints written before 2026-12-06 may hold a machine's cache path here
+        self.target_name = portable_model_name(self.target_name)
         probe = self.embedding_probe
         if probe is not None:
             want = _PROBE_ROWS * _PROBE_COLS
@@ -122,9 +124,20 @@ def target_embedding(model: nn.Module) -> nn.Module:
     return embed
 
 
+def portable_model_name(name: str) -> str:
+    """A model name without machine paths: a local directory (absolute, `~`, `.`-relative or
+    existing) becomes its last component; a hub id such as `org/model` stays as it is."""
+    if not name:
+        return name
+    path = Path(name).expanduser()
+    local = path.is_absolute() or name.startswith((".", "~")) or path.exists()
+    return path.name if local and path.name else name
+
+
 def _target_name(model: nn.Module) -> str:
     cfg = getattr(model, "config", None)
-    return str(getattr(cfg, "_name_or_path", "") or getattr(cfg, "model_type", "") or "")
+    name = str(getattr(cfg, "_name_or_path", "") or getattr(cfg, "model_type", "") or "")
+    return portable_model_name(name)
 
 
 class ResBlock(nn.Module):
