@@ -733,26 +733,27 @@ mod tests {
         bytes[body..].copy_from_slice(&crc.to_le_bytes());
     }
 
+    /// The load error of the corpus's file with the header word at byte `at` set to `value`
+    /// (checksum recomputed).
+    fn header_edit_error(at: usize, value: u64) -> String {
+        let mut bad = corpus().to_bytes();
+        bad[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        reseal(&mut bad);
+        Datastore::from_bytes(&bad, "x").unwrap_err().to_string()
+    }
+
     #[test]
     fn huge_header_counts_are_refused_before_allocating() {
-        let bytes = corpus().to_bytes();
         for (at, value) in [(32, u64::MAX), (40, u64::MAX), (32, 1 << 40), (40, 1 << 61)] {
-            let mut bad = bytes.clone();
-            bad[at..at + 8].copy_from_slice(&value.to_le_bytes());
-            reseal(&mut bad);
-            let err = Datastore::from_bytes(&bad, "x").unwrap_err().to_string();
+            let err = header_edit_error(at, value);
             assert!(err.contains("truncated or oversized"), "{err}");
         }
     }
 
     #[test]
     fn header_token_counts_are_checked() {
-        let bytes = corpus().to_bytes();
         for (at, value) in [(16, u64::MAX), (24, 14)] {
-            let mut bad = bytes.clone();
-            bad[at..at + 8].copy_from_slice(&value.to_le_bytes());
-            reseal(&mut bad);
-            let err = Datastore::from_bytes(&bad, "x").unwrap_err().to_string();
+            let err = header_edit_error(at, value);
             assert!(err.contains("documents is out of range"), "{err}");
         }
     }

@@ -422,6 +422,25 @@ fn rooted_arrays(s: usize, e: usize, words: &[u32]) -> Vec<u8> {
     out
 }
 
+/// A datastore header (magic, version) with the counts of tokens and documents and the numbers
+/// of states `s` and edges `e`; the arrays and the CRC follow.
+fn header(counts: (u64, u64), s: usize, e: usize) -> Vec<u8> {
+    let mut bytes = b"RRSAMDS\0\x01\0\0\0\0\0\0\0".to_vec();
+    for x in [counts.0, counts.1, s as u64, e as u64] {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    bytes
+}
+
+/// Loads `bytes`: a file the loader refuses is a `Datastore` error, one it accepts is used.
+fn load_and_exercise(bytes: &[u8], ctx: &[i64], p: &QueryParams) -> Result<(), TestCaseError> {
+    match Datastore::from_bytes(bytes, "fuzz") {
+        Ok(ds) => exercise(&ds, ctx, p),
+        Err(e) => prop_assert!(matches!(e, Error::Datastore { .. }), "{:?}", e),
+    }
+    Ok(())
+}
+
 /// Whatever a loaded datastore is, using it must not panic (and must terminate).
 fn exercise(ds: &Datastore, ctx: &[i64], p: &QueryParams) {
     match ds.query(ctx, p) {
@@ -491,10 +510,7 @@ proptest! {
         ctx in prop::collection::vec(0i64..6, 0..8),
         p in hostile_params(),
     ) {
-        let mut bytes = b"RRSAMDS\0\x01\0\0\0\0\0\0\0".to_vec();
-        for x in [counts.0, counts.1, s as u64, e as u64] {
-            bytes.extend_from_slice(&x.to_le_bytes());
-        }
+        let mut bytes = header(counts, s, e);
         if rooted {
             bytes.extend_from_slice(&rooted_arrays(s, e, &words));
         } else {
@@ -502,10 +518,7 @@ proptest! {
             bytes.extend_from_slice(&body[..arrays]);
         }
         reseal(&mut bytes);
-        match Datastore::from_bytes(&bytes, "fuzz") {
-            Ok(ds) => exercise(&ds, &ctx, &p),
-            Err(e) => prop_assert!(matches!(e, Error::Datastore { .. }), "{:?}", e),
-        }
+        load_and_exercise(&bytes, &ctx, &p)?;
     }
 
     /// Valid files edited (bit flips, hostile words and header fields, truncation, extension),
@@ -526,10 +539,7 @@ proptest! {
         if seal {
             reseal(&mut bytes);
         }
-        match Datastore::from_bytes(&bytes, "mutated") {
-            Ok(ds) => exercise(&ds, &ctx, &p),
-            Err(e) => prop_assert!(matches!(e, Error::Datastore { .. }), "{:?}", e),
-        }
+        load_and_exercise(&bytes, &ctx, &p)?;
     }
 
     /// Automata and datastores built from hostile tokens, queried with hostile parameters.
@@ -684,10 +694,7 @@ fn cursor_match_never_exceeds_the_context_on_a_corrupt_datastore() {
         0, 1, 9, 3, 4, 1, 7, 3, 7, 8,
     ];
     let (s, e) = (3usize, 9usize);
-    let mut bytes = b"RRSAMDS\0\x01\0\0\0\0\0\0\0".to_vec();
-    for x in [0u64, 0, s as u64, e as u64] {
-        bytes.extend_from_slice(&x.to_le_bytes());
-    }
+    let mut bytes = header((0, 0), s, e);
     bytes.extend_from_slice(&rooted_arrays(s, e, &words));
     reseal(&mut bytes);
     let ds = Datastore::from_bytes(&bytes, "regression").expect("passes the loader's checks");
