@@ -90,10 +90,12 @@ def check_drafter(drafter: object, *, optional: bool = True) -> None:
 
 
 # ---- argparse types -----------------------------------------------------------------------
-def _arg(rule: Callable[[str, object], object], what: str) -> Callable[[str], object]:
+def _arg(
+    rule: Callable[[str, object], object], what: str, convert: Callable[[str], object]
+) -> Callable[[str], object]:
     def parse(text: str):
         try:
-            number = float(text) if what == "number" else int(text)
+            number = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         try:
@@ -108,12 +110,12 @@ def _arg(rule: Callable[[str, object], object], what: str) -> Callable[[str], ob
 def arg_int(low: int | None = None) -> Callable[[str], object]:
     """argparse type: an integer >= low."""
     what = "an integer" if low is None else f"an integer >= {low}"
-    return _arg(lambda n, v: check_int(n, v, low=low), what)
+    return _arg(lambda n, v: check_int(n, v, low=low), what, int)
 
 
 def arg_float(low: float | None = None, *, low_open: bool = False) -> Callable[[str], object]:
     """argparse type: a finite number >= low (> low with `low_open`)."""
-    return _arg(lambda n, v: check_float(n, v, low=low, low_open=low_open), "number")
+    return _arg(lambda n, v: check_float(n, v, low=low, low_open=low_open), "number", float)
 
 
 positive_int = arg_int(1)

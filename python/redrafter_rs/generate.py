@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from redrafter_rs._common import pad_id
-from redrafter_rs._validate import check_drafter, check_optional_int
+from redrafter_rs._validate import check_drafter
 from redrafter_rs.drafters.retrieval import (
     RetrievalConfig,
     RetrievalDrafter,
@@ -65,12 +65,11 @@ def _sampling(
         len(seeds) == rows,
         f"seed: expected one seed per row ({rows}), got a list of {len(seeds)}",
     )
-    for s in seeds:
-        check_optional_int("seed", s)
     check(
         generator is None or seed is None,
         "pass either seed or generator, not both: a seed pins each row's draws by itself",
     )
+    # SamplingParams checks each seed (an int or None) and the other settings
     return [SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, s) for s in seeds]
 
 

@@ -1,12 +1,12 @@
 """The step-level speculative decoding engine: request scheduling and the decode step.
 
 One decode step over the B active requests (docs/design.md §2), stage by stage:
-    propose  beams [B, W, L] from (h [B, H], g0 [B])     drafting.DrafterAdapter -> the drafter
+    propose  beams [B, W, L] from (h [B, H], g0 [B])     drafters/protocol.DrafterAdapter
     pack     tokens/depth/mask [B, N], unpacker [B, W, L]  Rust `pack_beams`, one call
-    verify   one target forward over the packed trees      batch.TreeVerifier (4D mask, pos+depth)
-    accept   a token per node (argmax / exact sample), then  acceptor.ExactAcceptor: torch, then
+    verify   one target forward over the packed trees      engine/batch.TreeVerifier (4D mask)
+    accept   a token per node (argmax / exact sample), then  engine/acceptor.ExactAcceptor, then
              paths, emitted tokens, bonus, KV plan [B, M]    Rust `accept`, one call
-    upkeep   keep each row's accepted path in the KV cache   batch.Batch.advance, O(tree)
+    upkeep   keep each row's accepted path in the KV cache   engine/batch.Batch.advance, O(tree)
 Host <-> device per step: the beams and choice [B, N] to the host; the tree arrays, the
 acceptance's KV plan, positions and bonus tokens (and seeded rows' uniforms) to the device.
 The drafter, verifier and acceptor are constructor arguments; `Batch` holds the rows' state.
@@ -30,7 +30,6 @@ from torch import nn
 from redrafter_rs import _core
 from redrafter_rs._common import cuda_sync, eos_ids, tau_of
 from redrafter_rs._validate import (
-    check_drafter,
     check_float,
     check_hashable,
     check_int,
@@ -198,10 +197,10 @@ class SpeculativeGenerator:
         verifier: TreeVerifier | None = None,
     ) -> None:
         """The step's three stages, each replaceable: `drafter` proposes (any object with
-        `draft`, see drafting.Drafter), `verifier` runs the target over the packed trees
+        `draft`, see drafters/protocol.py), `verifier` runs the target over the packed trees
         (default: `TreeVerifier`), `acceptor` turns each verified tree into emitted tokens
         (default: `ExactAcceptor`, lossless)."""
-        check_drafter(drafter, optional=False)
+        self.proposer = DrafterAdapter(drafter)  # refuses an object without `draft`
         check(
             acceptor is None or callable(getattr(acceptor, "accept", None)),
             f"acceptor must have an accept(step) method, got {type(acceptor).__name__}",
@@ -212,7 +211,6 @@ class SpeculativeGenerator:
         )
         self.target = Target(model)
         self.drafter = drafter
-        self.proposer = DrafterAdapter(drafter)
         self.acceptor = acceptor or ExactAcceptor()
         self.verifier = verifier or TreeVerifier()
         self._lock = threading.RLock()  # guards the request queues and batch state
