@@ -103,14 +103,20 @@ def test_streamer_refuses_batches(tiny_model, tiny_drafter):
 # ---- the step API -----------------------------------------------------------------------
 
 
-def test_step_api_requests_join_and_leave_between_steps(tiny_model):
+@pytest.mark.parametrize("compact_waste", [0.5, 0.0])  # 0.0: squeeze the holes every step
+def test_step_api_requests_join_and_leave_between_steps(tiny_model, compact_waste):
+    """Rows join, leave and are cancelled between steps; every row equals model.generate alone,
+    and the host's count of valid slots per row (which spares each step a device read) always
+    equals the device mask's."""
     prompts = _prompts(21, 5, tiny_model.config.vocab_size)
     refs = {i: _alone(tiny_model, p, 12 + i) for i, p in enumerate(prompts)}
     drafter = NoisyOracleDrafter(
         [torch.cat([p, torch.tensor(refs[i])]) for i, p in enumerate(prompts)],
         tiny_model.config.vocab_size,
     )
-    gen = rr.SpeculativeGenerator(tiny_model, drafter, rr.SpecConfig(3, 4))
+    gen = rr.SpeculativeGenerator(
+        tiny_model, drafter, rr.SpecConfig(3, 4, compact_waste=compact_waste)
+    )
     streamed = {i: [] for i in range(5)}
     gen.add(0, prompts[0], max_new_tokens=12)
     gen.add(1, prompts[1], max_new_tokens=13)
@@ -125,6 +131,9 @@ def test_step_api_requests_join_and_leave_between_steps(tiny_model):
             assert gen.cancel(3)
         for rid, toks in gen.step().items():
             streamed[rid] += toks
+        cache = gen.batch.cache
+        if cache is not None:
+            assert cache.filled.tolist() == cache.valid.sum(1).tolist(), step
         done.update(gen.pop_finished())
         if not gen.has_unfinished():
             break
@@ -135,6 +144,7 @@ def test_step_api_requests_join_and_leave_between_steps(tiny_model):
         assert done[i].finish_reason in ("eos", "length")
         assert done[i].stats.steps > 0 and done[i].stats.tau > 1.0  # partial drafts accepted
     assert not gen.cancel(99)
+    assert compact_waste > 0 or gen.compactions > 0
 
 
 def test_step_api_rejects_duplicate_ids_and_bad_prompts(tiny_model, tiny_drafter):
@@ -231,6 +241,7 @@ def test_plain_steps_skip_the_mask_only_when_every_slot_is_valid(B):
         batch_cache = gen.batch.cache
         if batch_cache is not None and ids.shape[1] == 1:
             assert batch_cache.dense == bool(batch_cache.valid.all())
+            assert batch_cache.filled.tolist() == batch_cache.valid.sum(1).tolist()
             plain.append((mask is None, batch_cache.dense))
         return forward(ids, cache, mask, **kw)
 

@@ -78,3 +78,34 @@ def test_cuda_sampling_runs_on_device():
     gen = torch.Generator("cuda").manual_seed(0)
     out = rr.generate(model, drafter, ids, max_new_tokens=8, temperature=1.0, generator=gen)
     assert out.sequences.device.type == "cuda" and out.sequences.shape[1] <= 11
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("retrieval", [False, True])
+def test_cuda_decode_steps_wait_for_the_device_at_most_twice(retrieval):
+    """Per decode step the host waits for the GPU only for the drafted beams and the chosen
+    tokens (torch's sync debug mode counts every synchronisation, HF's model code included);
+    with retrieval the merged beams are on the host, so the RNN beams are the only draft wait."""
+    import warnings
+
+    model = tiny_llama(seed=5).cuda()
+    drafter = rr.RecurrentDrafter.for_target(model)
+    if retrieval:
+        drafter = rr.RetrievalDrafter(drafter)
+    gen = rr.SpeculativeGenerator(model, drafter, rr.SpecConfig(4, 5, 30))
+    gen.add(0, torch.tensor([3, 4, 5, 6, 7], device="cuda"), max_new_tokens=30)
+    gen.add(1, torch.tensor([9, 8, 7], device="cuda"), max_new_tokens=20)
+    gen.step()  # prefill (its root tokens reach the host once)
+    counts = []
+    while gen.has_unfinished():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                gen.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts and max(counts) <= 2, counts
+    assert gen.staging.syncs <= 2 * len(counts)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from redrafter_rs._common import cuda_sync
 from redrafter_rs.engine.target import Target
 
 
@@ -71,20 +72,21 @@ class _Probe:
         gen = torch.Generator().manual_seed(seed)
         self.V, self.T, self.gen = self.target.vocab_size, context, gen
         self.cache = cache_factory()
-        ids = torch.randint(0, self.V, (1, context), generator=gen)
-        self.target.forward(ids, self.cache, None, position_ids=torch.arange(context)[None])
+        ids = torch.randint(0, self.V, (1, context), generator=gen).to(self.target.device)
+        positions = torch.arange(context, device=self.target.device)[None]
+        self.target.forward(ids, self.cache, None, position_ids=positions)
 
     def step(self, N: int) -> float:
         target, T = self.target, self.T
         tokens = torch.randint(0, self.V, (1, N), generator=self.gen)
-        positions = T + torch.arange(N)[None]
+        device = target.device
+        tokens, positions = tokens.to(device), (T + torch.arange(N)[None]).to(device)
+        mask = None if N == 1 else chain_mask(T, N).to(device)
+        cuda_sync(device)
         t = time.perf_counter()
-        if N == 1:
-            hidden = target.forward(tokens, self.cache, None, position_ids=positions)
-        else:
-            mask = chain_mask(T, N)
-            hidden = target.forward(tokens, self.cache, mask, position_ids=positions)
+        hidden = target.forward(tokens, self.cache, mask, position_ids=positions)
         target.logits(hidden)
+        cuda_sync(device)  # the device's work is the cost being measured
         elapsed = time.perf_counter() - t
         crop(self.cache, T)
         return elapsed

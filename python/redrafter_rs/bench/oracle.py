@@ -56,7 +56,9 @@ class OracleDrafter:
         return beams
 
     def draft(self, hidden, root, *, embed, beam_width, beam_length, context, request_ids=None):
-        beams = self.random_beams(root, beam_width, beam_length)
+        """Host beams (no wait for the device): the root is each context's last token."""
+        host_root = torch.tensor([int(ctx[-1]) for ctx in context], dtype=torch.long)
+        beams = self.random_beams(host_root, beam_width, beam_length)
         for b, ctx in enumerate(context):
             beams[b, 0, 1:] = self.truth(ctx.tolist(), beam_length - 1)
-        return beams.to(root.device)
+        return beams

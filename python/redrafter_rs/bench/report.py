@@ -15,7 +15,7 @@ import torch
 
 from redrafter_rs._common import tau_of
 
-PHASES = ("drafter", "target", "rust", "cache", "other")  # the engine's time split
+PHASES = ("drafter", "target", "rust", "cache", "transfer", "other")  # the engine's time split
 
 
 def _quantiles(xs: list[float]) -> tuple[float, float, float]:
@@ -161,8 +161,8 @@ def markdown_table(report: dict) -> str:
     """The per-method table: tokens/s, speedup, τ, acceptance, time split, equality."""
     head = (
         "| method | tok/s median [p25, p75] | speedup median [p25, p75] | speedup (total) | τ "
-        "| acceptance per depth | drafter / target / rust / cache / other | greedy-equal "
-        "| vs plain_loop+fast (total) |\n"
+        "| acceptance per depth | drafter / target / rust / cache / transfer / other "
+        "| greedy-equal | vs plain_loop+fast (total) |\n"
         "|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []

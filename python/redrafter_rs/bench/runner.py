@@ -244,12 +244,14 @@ def _engine_runner(
 
 
 def _phases(t: dict[str, float]) -> dict[str, float]:
-    """Engine phases -> the report's split (drafter / target / rust / cache; `other` later)."""
+    """Engine phases -> the report's split (drafter / target / rust / cache / transfer;
+    `other` later)."""
     return {
         "drafter": t.get("draft", 0.0),
         "target": t.get("target", 0.0) + t.get("prefill", 0.0),
         "rust": t.get("pack", 0.0) + t.get("accept", 0.0),
         "cache": t.get("cache", 0.0),
+        "transfer": t.get("transfer", 0.0),
     }
 
 

@@ -44,7 +44,9 @@ class Drafter(Protocol):
         beam_length: int,
         context: Sequence[torch.Tensor] | None = None,
         **kwargs: Any,
-    ) -> torch.Tensor:  # [B, W, L] int64
+    ) -> torch.Tensor:  # [B, W, L] int64, on the target's device or on the host
+        """Host beams suit a drafter that computes on the CPU (retrieval): the engine packs the
+        tree on the host, so they cost no wait for the device; device beams cost one."""
         ...
 
 

@@ -183,7 +183,7 @@ class RetrievalDrafter(nn.Module):
         request_ids: list[Hashable] | None = None,
         tree_nodes: int | None = None,
     ) -> torch.Tensor:
-        """Beams [B, W', L'] with beams[:, :, 0] == root: retrieval first, then the RNN's
+        """Host beams [B, W', L'] with beams[:, :, 0] == root: retrieval first, then the RNN's
         (its best-nodes tree with `tree_nodes`, less L - 1 nodes per displaced beam)."""
         check(
             context is not None and request_ids is not None,
@@ -192,23 +192,25 @@ class RetrievalDrafter(nn.Module):
         )
         W, L = beam_width, beam_length
         reqs = [self._sync(rid, ctx) for rid, ctx in zip(request_ids, context, strict=True)]
-        root_np = root.cpu().numpy().astype(np.int64)  # [B]
+        # The root is the context's last token (the engine's protocol, drafters/protocol.py):
+        # read from the host context, it costs no wait for the device.
+        root_np = np.array([int(ctx[-1]) for ctx in context], dtype=np.int64)  # [B]
         tokens, lengths, n, displaced = self._retrieve(reqs, W, L)  # [B, k, L-1], [B, k], [B]
         if self.rnn is None:
             beams, parts = self._alone(root_np, tokens, lengths, n)
-            beams = torch.from_numpy(beams).to(root.device)
+            beams = torch.from_numpy(beams)  # host beams: the engine packs them on the host
         else:
             width, nodes = W - int(displaced.min()), tree_nodes
             if nodes is not None:  # a displaced beam frees L - 1 nodes; the RNN keeps its W
                 width, nodes = W, max(1, nodes - int(displaced.min()) * (L - 1))
             rnn = self._rnn_beams(hidden, root, embed, width, L, context, request_ids, nodes)
-            rnn_np = rnn.cpu().numpy()  # [B, w, L]
+            rnn_np = rnn.cpu().numpy()  # [B, w, L]: the step's one wait for drafted beams
             ret = _candidate_beams(root_np, tokens, lengths, n, fill=rnn_np[:, 0])
             parts = {
                 "retrieval": _Part(ret, np.arange(ret.shape[1])[None] < n[:, None]),
                 "rnn": _Part(rnn_np, np.ones(rnn_np.shape[:2], dtype=bool)),
             }
-            beams = torch.cat([torch.from_numpy(ret).to(root.device), rnn], dim=1)
+            beams = torch.from_numpy(np.concatenate([ret, rnn_np.astype(np.int64)], axis=1))
         self._last = (list(request_ids), parts)
         return beams
 

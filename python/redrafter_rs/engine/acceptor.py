@@ -30,7 +30,7 @@ class VerifiedStep:
     tree: _core.Tree  # the packed trees (tokens, depth, parent, mask, unpacker)
     hidden: torch.Tensor  # [B, N, H] the target's final hidden state at every node
     to_host: Callable[[torch.Tensor, str], np.ndarray]  # device -> host via pinned staging
-    lap: Callable[[str], None]  # closes an engine timing phase ("target")
+    lap: Callable[[str], None]  # closes an engine timing phase ("target", "transfer")
 
 
 class Acceptor(Protocol):
@@ -53,6 +53,7 @@ class ExactAcceptor:
             start=[len(r.prompt) + len(r.tokens) for r in rows],  # the index depth 0 predicts
             depth=step.tree.depth,
         )
-        choice_np = step.to_host(choice, "choice")  # [B, N]
         step.lap("target")
+        choice_np = step.to_host(choice, "choice")  # [B, N]: wait 2 of 2
+        step.lap("transfer")
         return _core.accept(step.tree, step.beams, choice_np)

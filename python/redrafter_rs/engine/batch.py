@@ -18,14 +18,15 @@ import torch
 from redrafter_rs import _core
 from redrafter_rs.engine.cache import BatchCache
 from redrafter_rs.engine.target import Target
-from redrafter_rs.engine.transfer import Staging
+from redrafter_rs.engine.transfer import Staging, to_device_async
 
 
 class Batch:
     """Rows being decoded, aligned with `requests` (any per-row objects the scheduler keeps)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, staging: Staging | None = None) -> None:
         self.device = device
+        self.staging = staging or Staging(device)  # host -> device copies without a wait
         self.requests: list = []
         self.cache: BatchCache | None = None
         self.pos = self.hidden = self.root = None  # [B] next positions, [B, H], [B]
@@ -52,17 +53,19 @@ class Batch:
         if not keep:
             self.cache = self.pos = self.hidden = self.root = None
             return
-        idx = torch.tensor(keep, device=self.device)
-        self.cache.select(idx)
+        idx = to_device_async(keep, self.device)
+        self.cache.select(keep)
         self.pos, self.hidden, self.root = self.pos[idx], self.hidden[idx], self.root[idx]
 
     def advance(self, acc: _core.Acceptance, hidden: torch.Tensor) -> None:
-        """KV upkeep, next positions, next h (last accepted node) and next root (the bonus)."""
-        self.cache.keep_accepted(acc.kv_gather, acc.kv_valid)
-        self.pos = self.pos + torch.as_tensor(acc.kept, device=self.device)
-        last = torch.as_tensor(acc.last_node, device=self.device)
+        """KV upkeep, next positions, next h (last accepted node) and next root (the bonus).
+        Every host array goes to the device without a wait (engine/transfer.py)."""
+        to_device = self.staging.to_device
+        self.cache.keep_accepted(acc.kv_gather, acc.kv_valid, to_device)
+        self.pos = self.pos + to_device(acc.kept, "kept")
+        last = to_device(acc.last_node, "last_node")
         self.hidden = hidden[torch.arange(hidden.shape[0], device=self.device), last]  # [B, H]
-        self.root = torch.as_tensor(acc.bonus, device=self.device)
+        self.root = to_device(acc.bonus, "bonus")
 
     def compact_if_wasteful(self, threshold: float) -> bool:
         """Squeeze the cache's holes once they exceed `threshold` of it; whether it did."""

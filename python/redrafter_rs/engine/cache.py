@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
+from redrafter_rs.engine.transfer import to_device_async
+
 
 class SlotLayer(DynamicLayer):
     """A `DynamicLayer` whose keys/values live in pre-allocated buffers [B, h, capacity, D].
@@ -102,10 +104,15 @@ def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class BatchCache:
-    def __init__(self, cache: DynamicCache, valid: torch.Tensor) -> None:
+    """The batch's cache with its slot mask `valid` [B, S] (on the device) and each row's count
+    of valid slots `filled` [B] (on the host, so that no step reads the mask back)."""
+
+    def __init__(self, cache: DynamicCache, valid: torch.Tensor, filled=None) -> None:
         self.cache = cache
         self.valid = valid  # [B, S] bool: slot s of row b holds a real token
-        self.dense = bool(valid.all())  # no holes or padding: a lone query needs no mask
+        if filled is None:  # a device read, once per construction
+            filled = valid.sum(1).cpu()
+        self.filled = np.asarray(filled, dtype=np.int64).reshape(-1).copy()
 
     @property
     def width(self) -> int:
@@ -115,20 +122,29 @@ class BatchCache:
     def batch(self) -> int:
         return self.valid.shape[0]
 
+    @property
+    def dense(self) -> bool:
+        """No holes or padding: a lone query needs no mask."""
+        return bool((self.filled == self.width).all())
+
     def tree_mask(self, tree_mask: torch.Tensor) -> torch.Tensor:
         """[B, 1, N, S + N] attention mask: valid context slots + the tree's own mask [B, N, N]."""
         B, N, _ = tree_mask.shape
         ctx = self.valid[:, None, None, :].expand(B, 1, N, self.width)
         return torch.cat([ctx, tree_mask[:, None]], dim=-1)
 
-    def keep_accepted(self, gather: np.ndarray, valid: np.ndarray) -> None:
-        """Keep tree slots `gather` [B, M] (node indices) after the context; drop the rest."""
+    def keep_accepted(self, gather: np.ndarray, valid: np.ndarray, to_device=None) -> None:
+        """Keep tree slots `gather` [B, M] (node indices) after the context; drop the rest.
+        `valid` [B, M] (host) marks the kept slots that hold accepted tokens; `to_device(array,
+        name)` moves host arrays to the device (default: a plain copy)."""
         S = self.width
         B, M = gather.shape
         moved = not (gather == np.arange(M)).all()
         device = self.valid.device
+        if to_device is None:
+            to_device = lambda a, _name: torch.as_tensor(a, device=device)  # noqa: E731
         if moved:
-            idx = torch.as_tensor(gather, device=device)  # [B, M]
+            idx = to_device(gather, "kv_gather")  # [B, M]
         for layer in _layers(self.cache):
             if moved:
                 for name in ("keys", "values"):
@@ -138,16 +154,18 @@ class BatchCache:
                     kv[:, :, S : S + M] = kv[:, :, S:].gather(2, index)
             layer.keys = layer.keys[:, :, : S + M]
             layer.values = layer.values[:, :, : S + M]
-        self.valid = torch.cat([self.valid, torch.as_tensor(valid, device=device)], dim=1)
-        self.dense = self.dense and bool(valid.all())  # host array: no device sync
+        self.valid = torch.cat([self.valid, to_device(valid, "kv_valid")], dim=1)
+        self.filled += valid.sum(1)
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only batch rows `rows` (a finished request stops costing compute)."""
+    def select(self, rows) -> None:
+        """Keep only batch rows `rows` (host ints; a finished request stops costing compute)."""
+        rows = [int(r) for r in rows]
+        idx = to_device_async(rows, self.valid.device)
         for layer in _layers(self.cache):
-            layer.keys = layer.keys[rows]
-            layer.values = layer.values[rows]
-        self.valid = self.valid[rows]
-        self.dense = self.dense or bool(self.valid.all())  # once per leave
+            layer.keys = layer.keys[idx]
+            layer.values = layer.values[idx]
+        self.valid = self.valid[idx]
+        self.filled = self.filled[rows]
 
     def merge(self, other: BatchCache) -> None:
         """Append `other`'s rows; both are left-padded to the wider slot axis."""
@@ -158,15 +176,15 @@ class BatchCache:
                 setattr(mine, name, torch.cat([_pad_left(a, width), _pad_left(b, width)], 0))
         pad = [F.pad(v.valid, (width - v.width, 0)) for v in (self, other)]
         self.valid = torch.cat(pad)
-        self.dense = bool(self.valid.all())
+        self.filled = np.concatenate([self.filled, other.filled])
 
     def waste(self) -> float:
-        """Fraction of slots that are holes or padding."""
-        return 1.0 - float(self.valid.sum()) / max(self.valid.numel(), 1)
+        """Fraction of slots that are holes or padding (from the host counts: no device read)."""
+        return 1.0 - float(self.filled.sum()) / max(self.batch * self.width, 1)
 
     def compact(self) -> None:
         """Squeeze out holes: every row's valid slots, in order, right-aligned."""
-        keep = int(self.valid.sum(1).max())
+        keep = int(self.filled.max(initial=0))
         order = torch.sort(self.valid.to(torch.int8), dim=1, stable=True).indices  # holes first
         idx = order[:, self.width - keep :]  # [B, keep]
         for layer in _layers(self.cache):
@@ -175,4 +193,3 @@ class BatchCache:
                 B, h, _, D = kv.shape
                 setattr(layer, name, kv.gather(2, idx[:, None, :, None].expand(B, h, keep, D)))
         self.valid = self.valid.gather(1, idx)
-        self.dense = bool(self.valid.all())

@@ -41,6 +41,7 @@ from transformers.generation.logits_process import (
 )
 
 from redrafter_rs._validate import check_float, check_int, check_optional_int
+from redrafter_rs.engine.transfer import to_device_async
 from redrafter_rs.errors import check
 
 _MASK64 = (1 << 64) - 1
@@ -177,6 +178,8 @@ def choose_tokens(
             continue
         key = (p, id(generators[row]) if generators[row] is not None else None)
         groups.setdefault(key, []).append(row)
+    device = logits.device
+    everyone = list(range(B))
     for p, rows in seeded.items():
         check(start is not None, "choose_tokens: seeded rows need their start index")
         u = np.stack(
@@ -185,10 +188,15 @@ def choose_tokens(
                 for r in rows
             ]
         )  # [r, N]
-        idx = torch.tensor(rows, device=logits.device)
+        u = to_device_async(u.reshape(-1), device, torch.float64)  # no host wait
+        if rows == everyone:
+            return inverse_cdf(p.probs(logits.reshape(B * N, -1)), u).view(B, N)
+        idx = to_device_async(rows, device)
         probs = p.probs(logits[idx].reshape(len(rows) * N, -1))
-        choice[idx] = inverse_cdf(probs, torch.from_numpy(u.reshape(-1))).view(len(rows), N)
+        choice[idx] = inverse_cdf(probs, u).view(len(rows), N)
     for (p, _), rows in groups.items():
-        idx = torch.tensor(rows, device=logits.device)
+        if rows == everyone:
+            return sample_nodes(logits, p, generators[0])
+        idx = to_device_async(rows, device)
         choice[idx] = sample_nodes(logits[idx], p, generators[rows[0]])
     return choice

@@ -30,6 +30,7 @@ from torch import nn
 from redrafter_rs import _core
 from redrafter_rs._common import cuda_sync, eos_ids, tau_of
 from redrafter_rs._validate import (
+    check_bool,
     check_float,
     check_hashable,
     check_int,
@@ -47,7 +48,7 @@ from redrafter_rs.engine.policy import (
 )
 from redrafter_rs.engine.sampling import GREEDY, SamplingParams, choose_tokens
 from redrafter_rs.engine.target import Target, left_pad
-from redrafter_rs.engine.transfer import Staging
+from redrafter_rs.engine.transfer import Staging, to_device_async
 from redrafter_rs.errors import RedrafterError, check
 
 
@@ -61,6 +62,10 @@ class SpecConfig:
     adaptive: bool = False  # load-aware tree per step (beams or best-nodes), up to (W, L)
     policy: PolicyConfig | None = None  # candidate shapes etc. for `adaptive`
     tree_nodes: int | None = None  # N: best-nodes tree of N drafted tokens (None: W beams)
+    # CUDA: wait for the device at every phase boundary so that `time_s` splits device time
+    # exactly (profiling: it costs the GPU its overlap). Off, phases are host wall time and
+    # device work is counted in the phase that waits for it (the draft and target handoffs).
+    exact_timing: bool = False
 
     def __post_init__(self) -> None:
         check_int("beam_width", self.beam_width, low=1)
@@ -72,6 +77,7 @@ class SpecConfig:
             f"adaptive must be true or false, got {self.adaptive!r}",
         )
         check_float("compact_waste", self.compact_waste, low=0.0)  # 0: squeeze every step
+        check_bool("exact_timing", self.exact_timing)
         check(
             N is None or not self.adaptive,
             "tree_nodes and adaptive cannot be combined: tree_nodes fixes one best-nodes tree, "
@@ -159,14 +165,16 @@ class Request:
 
 
 class _Timer:
-    """Accumulates wall time per phase (synchronising CUDA so the split is real)."""
+    """Accumulates wall time per phase. With `exact` it first waits for the device at every
+    lap (CUDA), so that device time lands in its own phase; otherwise it never waits."""
 
-    def __init__(self, times: dict[str, float], device: torch.device) -> None:
-        self.times, self.device = times, device
+    def __init__(self, times: dict[str, float], device: torch.device, exact: bool) -> None:
+        self.times, self.device, self.exact = times, device, exact
         self.t = time.perf_counter()
 
     def lap(self, phase: str) -> None:
-        cuda_sync(self.device)
+        if self.exact:
+            cuda_sync(self.device)
         now = time.perf_counter()
         self.times[phase] = self.times.get(phase, 0.0) + now - self.t
         self.t = now
@@ -229,7 +237,7 @@ class SpeculativeGenerator:
         self._pending: list[Request] = []
         self._finished: dict[Hashable, Request] = {}
         self._live: set[Hashable] = set()  # ids of queued and running requests
-        self.batch = Batch(self.target.device)  # the rows being decoded
+        self.batch = Batch(self.target.device, self.staging)  # the rows being decoded
         self.policy = self._make_policy() if self.config.adaptive else None
         self._calibrated = False
 
@@ -360,7 +368,7 @@ class SpeculativeGenerator:
             self._stepping.release()
 
     def _admit(self, out: dict[Hashable, list[int]]) -> None:
-        timer = _Timer(self.time_s, self.target.device)
+        timer = _Timer(self.time_s, self.target.device, self.config.exact_timing)
         reqs, self._pending = self._pending, []
         cache, pos, hidden = self._prefill([r.prompt for r in reqs])
         logits = self.target.logits(hidden)[:, None]  # [b, 1, V]
@@ -371,18 +379,19 @@ class SpeculativeGenerator:
         timer.lap("prefill")
         if not keep:
             return
-        idx = torch.tensor(keep, device=root.device)
-        cache.select(idx)
+        idx = to_device_async(keep, root.device)
+        cache.select(keep)
         self.batch.join(cache, pos[idx], hidden[idx], root[idx], [reqs[i] for i in keep])
 
     def _decode(self, out: dict[Hashable, list[int]]) -> None:
         """One speculative step over the batch: propose, pack, verify, accept, upkeep."""
         shape, B = self._shape(), len(self.batch)
-        timer = _Timer(self.time_s, self.target.device)
+        timer = _Timer(self.time_s, self.target.device, self.config.exact_timing)
         start = timer.t
         beams = self._draft(shape)  # [B, W, L] beams, [B, N, L] a best-nodes tree
-        beams_np = self.staging.to_host(beams, "beams")
         timer.lap("draft")
+        beams_np = self.staging.to_host(beams, "beams")  # wait 1 of 2 (engine/transfer.py)
+        timer.lap("transfer")
         tree = _core.pack_beams(beams_np, self.target.vocab_size)
         timer.lap("pack")
         hidden = self.verifier.verify(self.target, self.batch, tree, self.staging)  # [B, N, H]
@@ -411,11 +420,12 @@ class SpeculativeGenerator:
         """Left-padded batched prefill: (BatchCache, next positions [b], last hidden [b, H])."""
         device = self.target.device
         ids, mask = left_pad(prompts)
+        filled = mask.sum(1).numpy()  # [b] valid slots per row, counted on the host
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # [b, T]
         cache = self.target.new_cache()
         hidden = self.target.forward(ids, cache, mask, position_ids=positions)  # [b, T, H]
-        return BatchCache(cache, mask.bool()), mask.sum(1), hidden[:, -1]
+        return BatchCache(cache, mask.bool(), filled), mask.sum(1), hidden[:, -1]
 
     def _draft(self, shape: Shape) -> torch.Tensor:
         """Beams [B, W', L] from the drafter (W' may differ from W for multi-source drafters;
