@@ -20,7 +20,7 @@ def tiny_llama(seed: int = 0, vocab_size: int = 96, **overrides) -> LlamaForCaus
     """A 2-layer random Llama (fp32, eager-free sdpa attention) with peaky logits."""
     torch.manual_seed(seed)
     overrides.setdefault("initializer_range", 0.2)
-    config = LlamaConfig(
+    settings = dict(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
@@ -31,8 +31,8 @@ def tiny_llama(seed: int = 0, vocab_size: int = 96, **overrides) -> LlamaForCaus
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
-        **overrides,
     )
+    config = LlamaConfig(**{**settings, **overrides})
     return LlamaForCausalLM(config).eval()
 
 

@@ -65,10 +65,13 @@ def test_bench_tiny_model_jsonl(tmp_path):
         threads=1,
     )
     setup = bench.Setup(model, CharTokenizer(96), drafter, "random (test)")
+    setup.draft_models = {"self": rr.DraftModelDrafter(model)}  # the target drafts for itself
     report = bench.run_bench(config, setup, log=lambda s: None)
     paths = bench_report.write_reports(report, tmp_path / "out")
     _check_outputs(report, paths)
     names = set(report["methods"])
+    assert {"draftmodel-self_1x3", "draftmodel-self_2x4+fast"} <= names
+    assert report["methods"]["draftmodel-self_1x3"]["acceptance_per_depth"] == [1.0, 1.0]
     assert {"hf_greedy", "plain_loop", "redrafter_2x4", "oracle_1x3", "hf_prompt_lookup"} <= names
     assert {"hf_greedy+fast", "plain_loop+fast", "redrafter_2x4+fast"} <= names
     assert "hf_assisted" in report["skipped"]

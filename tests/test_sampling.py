@@ -219,3 +219,15 @@ class BiasedPQAcceptor:
             kv_gather=gather, kv_valid=np.arange(M)[None] < kept[:, None], kept=kept,
             last_node=last.numpy(), bonus=bonus.numpy(), tokens=tokens, num_accepted=nb.numpy(),
         )  # fmt: skip
+
+
+def test_draft_model_sampling_matches_plain_sampling(model):
+    """A separate small LM proposes (drafters/draft_model.py): the same test, one setting."""
+    from redrafter_rs.drafters.draft_model import DraftModelDrafter
+
+    draft = tiny_llama(seed=12, vocab_size=V, initializer_range=0.1, num_hidden_layers=1)
+    settings = {"temperature": 1.0}
+    plain = _plain_samples(model, settings, seed=1)
+    spec, accepted = _spec_samples(model, DraftModelDrafter(draft), settings, seed=7)
+    assert accepted > N_SAMPLES // 10
+    assert_same_distribution(plain, spec, N_SAMPLES, f"draft model {settings}")

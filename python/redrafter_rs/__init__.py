@@ -10,6 +10,7 @@ out.stats.tau  # tokens per verification step
 from redrafter_rs._core import Acceptance, Tree, accept, pack_beams
 from redrafter_rs._core import __version__ as __version__
 from redrafter_rs.drafters.datastore import build_datastore
+from redrafter_rs.drafters.draft_model import DraftModelDrafter, early_exit, quantized_copy
 from redrafter_rs.drafters.protocol import Drafter, DrafterAdapter
 from redrafter_rs.drafters.recurrent import DrafterConfig, RecurrentDrafter
 from redrafter_rs.drafters.retrieval import (
@@ -51,6 +52,7 @@ __all__ = [
     "Acceptance",
     "Acceptor",
     "Datastore",
+    "DraftModelDrafter",
     "Drafter",
     "DrafterAdapter",
     "DrafterConfig",
@@ -77,8 +79,10 @@ __all__ = [
     "beam_search",
     "best_nodes_search",
     "build_datastore",
+    "early_exit",
     "generate",
     "pack_beams",
+    "quantized_copy",
     "stream",
     "train_drafter",
     "unaccelerate",

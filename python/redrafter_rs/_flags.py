@@ -26,6 +26,12 @@ def add_drafter(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument("--drafter", default=None, help="drafter directory (default: the shipped one)")
 
 
+def add_draft_model(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    from redrafter_rs.drafters.draft_model import DRAFT_MODEL_HELP
+
+    p.add_argument("--draft-model", default=None, metavar="SPEC", help=DRAFT_MODEL_HELP)
+
+
 def add_max_new_tokens(
     p: argparse.ArgumentParser | argparse._ArgumentGroup, default: int, what: str = "new tokens"
 ) -> None:

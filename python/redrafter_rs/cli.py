@@ -8,7 +8,13 @@ import time
 
 import torch
 
-from redrafter_rs._flags import add_drafter, add_max_new_tokens, add_threads, apply_threads
+from redrafter_rs._flags import (
+    add_draft_model,
+    add_drafter,
+    add_max_new_tokens,
+    add_threads,
+    apply_threads,
+)
 from redrafter_rs._validate import nonnegative_int, positive_int
 from redrafter_rs.errors import RedrafterError
 
@@ -22,6 +28,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-width", "-W", type=positive_int, default=4)
     p.add_argument("--beam-length", "-L", type=positive_int, default=4)
     add_drafter(p)
+    add_draft_model(p)
     add_threads(p)
     p.add_argument(
         "--no-retrieval", dest="retrieval", action="store_false",
@@ -66,6 +73,14 @@ def _load(args: argparse.Namespace):
     apply_threads(args.threads)
     model, tok = load_model()
     args.fast = args.fast and model.device.type == "cpu"
+    if args.draft_model is not None:
+        from redrafter_rs.drafters.draft_model import from_spec
+
+        if args.drafter is not None:
+            raise RedrafterError("pass --drafter or --draft-model, not both")
+        drafter, label = from_spec(args.draft_model, model, tok)
+        args.drafter_label = f"draft model {label}"
+        return model, tok, drafter
     drafter, args.drafter_label = load_drafter(model, args.drafter)
     return model, tok, drafter
 
@@ -107,9 +122,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\n--- plain greedy (model.generate) output ---")
     print(tok.decode(reference[0, ids.shape[1] :], skip_special_tokens=True))
     print()
+    from redrafter_rs.drafters.draft_model import DraftModelDrafter
+
+    weights = drafter.model if isinstance(drafter, DraftModelDrafter) else drafter
+    params = sum(p.numel() for p in weights.parameters())
     print(
-        f"drafter: {args.drafter_label} "
-        f"({sum(p.numel() for p in drafter.parameters()) / 1e6:.1f}M params), "
+        f"drafter: {args.drafter_label} ({params / 1e6:.1f}M params), "
         + ("adaptive up to " if kwargs["adaptive"] else "")
         + f"W={args.beam_width}, L={args.beam_length}"
         + (f", best-nodes tree of {args.tree_nodes}" if args.tree_nodes else "")

@@ -52,6 +52,7 @@ from redrafter_rs._flags import add_drafter, add_max_new_tokens, add_model, add_
 from redrafter_rs._validate import nonnegative_int, positive_int
 from redrafter_rs.bench.oracle import OracleDrafter
 from redrafter_rs.bench.report import markdown_table, summarize, write_reports
+from redrafter_rs.drafters.draft_model import DRAFT_MODEL_HELP
 from redrafter_rs.engine.policy import shape_name
 
 DEFAULT_GRID = ((1, 3), (1, 4), (2, 4), (4, 4), (4, 5))  # small trees: see benchmarks/README.md
@@ -72,6 +73,9 @@ class BenchConfig:
     methods: tuple[str, ...] = ()  # fnmatch patterns of methods to run; () = all
     prompt_lookup_tokens: int = 10  # HF `prompt_lookup_num_tokens`
     assistant: str | None = None  # same-tokenizer draft model dir for HF assisted generation
+    # draft-model mode (drafters/draft_model.py): DIR, early-exit:K or int8, each run over `grid`
+    # as draftmodel-<label>_WxL
+    draft_models: tuple[str, ...] = ()
     fast: bool = False  # also run every method on the CPU fast path (`+fast`), cost curve
     cost_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # N of the cost curve (with fast)
     oracle: bool = False  # also run oracle_WxL (perfect free drafter) for every grid point
@@ -120,6 +124,7 @@ class Setup:
     drafter_label: str
     assistant: nn.Module | None = None
     notes: list[str] = field(default_factory=list)
+    draft_models: dict = field(default_factory=dict)  # label -> DraftModelDrafter
 
 
 # ---- prompts ------------------------------------------------------------------------------
@@ -166,7 +171,14 @@ def load_setup(config: BenchConfig) -> Setup:
     assistant = None
     if config.assistant:
         assistant = load_causal_lm(config.assistant, dtype, config.device)
-    return Setup(model, tok, drafter, label, assistant, notes)
+    setup = Setup(model, tok, drafter, label, assistant, notes)
+    if config.draft_models:
+        from redrafter_rs.drafters.draft_model import from_spec
+
+        for spec in config.draft_models:  # before any `accelerate`: an int8 copy stays stock
+            d, name = from_spec(spec, model, tok)
+            setup.draft_models[name] = d
+    return setup
 
 
 # ---- methods ------------------------------------------------------------------------------
@@ -278,6 +290,10 @@ def build_methods(config: BenchConfig, setup: Setup) -> tuple[list[Method], dict
         methods.append(Method("redrafter_auto", run, shape=(W, L)))
     if config.retrieval:
         methods += _retrieval_methods(config, setup)
+    for label, draft in setup.draft_models.items():
+        for W, L in config.grid:
+            run = _engine_runner(model, draft, n, W, L)
+            methods.append(Method(f"draftmodel-{label}_{shape_name((W, L))}", run, shape=(W, L)))
     if config.oracle:
         oracle = OracleDrafter(vocab_size=model.get_input_embeddings().weight.shape[0])
         for W, L in config.grid:
@@ -603,6 +619,10 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt-lookup-tokens", type=positive_int, default=d.prompt_lookup_tokens)
     p.add_argument("--assistant", default=None, help="same-tokenizer draft model directory")
     p.add_argument(
+        "--draft-model", dest="draft_models", action="append", default=[], metavar="SPEC",
+        help=DRAFT_MODEL_HELP + "; repeatable; runs draftmodel-<label>_WxL over --grid",
+    )  # fmt: skip
+    p.add_argument(
         "--fast", action="store_true",
         help="also run every method on the CPU fast path (+fast) and measure the cost curve",
     )  # fmt: skip
@@ -637,6 +657,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         methods=tuple(p for p in args.methods.split(",") if p),
         prompt_lookup_tokens=args.prompt_lookup_tokens,
         assistant=args.assistant,
+        draft_models=tuple(args.draft_models),
         fast=args.fast,
         oracle=args.oracle,
         adaptive=args.adaptive,

@@ -19,6 +19,7 @@ from torch import nn
 
 from redrafter_rs._validate import check_drafter
 from redrafter_rs.engine.policy import Shape, draft_kwargs, tree_nodes
+from redrafter_rs.errors import check
 
 
 @runtime_checkable
@@ -48,6 +49,16 @@ class Drafter(Protocol):
         """Host beams suit a drafter that computes on the CPU (retrieval): the engine packs the
         tree on the host, so they cost no wait for the device; device beams cost one."""
         ...
+
+
+def require_context(drafter: object, context, request_ids) -> None:
+    """Refuse a `draft` call without `context` and `request_ids` (a drafter that declares
+    `uses_context = True` needs both; the engine always passes them)."""
+    check(
+        context is not None and request_ids is not None,
+        f"{type(drafter).__name__}.draft needs `context` and `request_ids` (the engine passes "
+        "them to drafters with uses_context = True)",
+    )
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from torch import nn
 
 from redrafter_rs import _core
 from redrafter_rs._core import Datastore, SuffixAutomaton
-from redrafter_rs.drafters.protocol import DrafterAdapter
+from redrafter_rs.drafters.protocol import DrafterAdapter, require_context
 from redrafter_rs.errors import check
 
 __all__ = [
@@ -185,11 +185,7 @@ class RetrievalDrafter(nn.Module):
     ) -> torch.Tensor:
         """Host beams [B, W', L'] with beams[:, :, 0] == root: retrieval first, then the RNN's
         (its best-nodes tree with `tree_nodes`, less L - 1 nodes per displaced beam)."""
-        check(
-            context is not None and request_ids is not None,
-            "RetrievalDrafter.draft needs `context` and `request_ids` (the engine passes them "
-            "to drafters with uses_context = True)",
-        )
+        require_context(self, context, request_ids)
         W, L = beam_width, beam_length
         reqs = [self._sync(rid, ctx) for rid, ctx in zip(request_ids, context, strict=True)]
         # The root is the context's last token (the engine's protocol, drafters/protocol.py):

@@ -12,14 +12,59 @@ path probability q(x1) q(x2|x1)...: a parent always outscores its children, so t
 a tree. With calibrated drafter probabilities that maximises the expected accepted length for N
 nodes (EAGLE-2 and Sequoia choose trees the same way). Its branches have different depths, so
 the beams it returns end early (-1 padding, which `pack_beams` turns into no node).
+
+Both searches run over any proposer that can score the next token of many live paths at once:
+a `Steps` object (the RNN drafter's `RecurrentSteps` here; a draft LM's tree-attention steps in
+drafters/draft_model.py). Its per-path state is a tensor [B, w, D] that the search gathers along
+the path axis when it keeps a child (D may grow from one depth to the next).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from redrafter_rs.errors import check
+
+
+class Steps(Protocol):
+    """What the searches need from a proposer (B rows, w live paths per row)."""
+
+    size: int  # the proposer's vocabulary (the search picks among `size` tokens per path)
+
+    def initial(self) -> torch.Tensor:
+        """The state of the one live path per row (the root), [B, 1, D]."""
+        ...
+
+    def step(self, state: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed each path's last token `last` [B, w]: (new state [B, w, D'], log-distribution
+        over the next token [B, w, size])."""
+        ...
+
+    def tokens(self, index: torch.Tensor) -> torch.Tensor:
+        """Target token ids of vocabulary indices."""
+        ...
+
+
+class RecurrentSteps:
+    """The recurrent drafter as `Steps`: state = the RNN state per path, [B, w, H]."""
+
+    def __init__(self, drafter: nn.Module, embed: nn.Module, hidden: torch.Tensor) -> None:
+        self.drafter, self.embed = drafter, embed
+        self.hidden = hidden.to(drafter.head.weight.dtype)
+        self.size = drafter.config.head_size
+
+    def initial(self) -> torch.Tensor:
+        B, H = self.hidden.shape
+        return self.hidden.new_zeros(B, 1, H)
+
+    def step(self, state, last):
+        return _draft_step(self.drafter, self.embed, self.hidden, state, last)
+
+    def tokens(self, index: torch.Tensor) -> torch.Tensor:
+        return self.drafter.draft_to_target[index]
 
 
 def _check_args(
@@ -52,21 +97,34 @@ def beam_search(
     every drafted position of every final beam, [B, W, L-1, V'] (what a p/q acceptance test
     would need; the engine does not, see engine/sampling.py).
     """
+    _check_args(drafter, hidden, root, beam_width, beam_length)
+    steps = RecurrentSteps(drafter, embed, hidden)
+    return search_beams(steps, root, beam_width, beam_length, return_log_probs)
+
+
+def search_beams(
+    steps: Steps,
+    root: torch.Tensor,
+    beam_width: int,
+    beam_length: int,
+    return_log_probs: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Beam search over any `Steps`: beams [B, W, L] from the root tokens [B] (see
+    `beam_search`)."""  # fmt: skip
     W, L = beam_width, beam_length
-    _check_args(drafter, hidden, root, W, L)
-    B, H = hidden.shape
-    hidden = hidden.to(drafter.head.weight.dtype)
+    B = root.shape[0]
+    check(steps.size >= W, f"beam_width {W} exceeds the proposer's vocabulary ({steps.size})")
     beams = root.view(B, 1, 1).expand(B, 1, 1)  # [B, 1, 1]: one live beam
-    state = hidden.new_zeros(B, 1, H)  # [B, 1, H]
-    scores = hidden.new_zeros(B, 1)  # [B, 1]
-    history = hidden.new_zeros(B, 1, 0, drafter.config.head_size)  # [B, w, k, V']
+    state = steps.initial()  # [B, 1, D]
+    scores = torch.zeros(B, 1, device=root.device)  # [B, 1]
+    history = torch.zeros(B, 1, 0, steps.size, device=root.device)  # [B, w, k, V']
     for _ in range(L - 1):
-        state, log_q = _draft_step(drafter, embed, hidden, state, beams[:, :, -1])
+        state, log_q = steps.step(state, beams[:, :, -1])
         cand = scores[..., None] + log_q
         V = cand.shape[-1]
         scores, flat = cand.view(B, -1).topk(W, dim=-1)  # [B, W]
         parent = torch.div(flat, V, rounding_mode="floor")  # [B, W]
-        token = drafter.draft_to_target[flat % V]  # [B, W]
+        token = steps.tokens(flat % V)  # [B, W]
         beams = torch.cat([_gather_beams(beams, parent), token[..., None]], dim=-1)
         state = _gather_beams(state, parent)  # [B, W, H]
         if return_log_probs:
@@ -110,25 +168,32 @@ def best_nodes_search(
     with their W most likely children, so there are W + W * W * (L - 2) candidates (the
     root alone is expanded first); a larger N keeps them all.
     """
+    _check_args(drafter, hidden, root, beam_width, beam_length)
+    steps = RecurrentSteps(drafter, embed, hidden)
+    return search_best_nodes(steps, root, nodes, beam_width, beam_length)
+
+
+def search_best_nodes(
+    steps: Steps, root: torch.Tensor, nodes: int, beam_width: int, beam_length: int
+) -> torch.Tensor:
+    """Best-nodes tree search over any `Steps` (see `best_nodes_search`)."""
     W, L = beam_width, beam_length
-    _check_args(drafter, hidden, root, W, L)
     check(nodes >= 1, f"tree_nodes must be >= 1, got {nodes}")
-    B, H = hidden.shape
+    B = root.shape[0]
     if L == 1:  # nothing to draft
         return root.view(B, 1, 1).clone()
-    hidden = hidden.to(drafter.head.weight.dtype)
-    k = min(W, drafter.config.head_size)
+    k = min(W, steps.size)
     paths = root.view(B, 1, 1)  # [B, f, d+1]: frontier paths, root first
-    state = hidden.new_zeros(B, 1, H)  # [B, f, H]
-    score = hidden.new_zeros(B, 1, dtype=torch.float64)  # [B, f]: float64 keeps ties exact
+    state = steps.initial()  # [B, f, D]
+    score = torch.zeros(B, 1, dtype=torch.float64, device=root.device)  # float64: exact ties
     found_paths, found_scores = [], []
     for d in range(L - 1):
-        state, log_q = _draft_step(drafter, embed, hidden, state, paths[:, :, -1])
+        state, log_q = steps.step(state, paths[:, :, -1])
         top, idx = log_q.topk(k, dim=-1)  # [B, f, k]
         f = paths.shape[1]
         parent = torch.arange(f, device=root.device).repeat_interleave(k).expand(B, -1)
         child = torch.cat(
-            [_gather_beams(paths, parent), drafter.draft_to_target[idx].view(B, -1, 1)], dim=-1
+            [_gather_beams(paths, parent), steps.tokens(idx).view(B, -1, 1)], dim=-1
         )  # [B, f*k, d+2]
         child_score = (score[..., None] + top.double()).view(B, -1)  # [B, f*k]
         pad = child.new_full((B, f * k, L - 2 - d), -1)

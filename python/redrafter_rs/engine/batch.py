@@ -61,7 +61,7 @@ class Batch:
         """KV upkeep, next positions, next h (last accepted node) and next root (the bonus).
         Every host array goes to the device without a wait (engine/transfer.py)."""
         to_device = self.staging.to_device
-        self.cache.keep_accepted(acc.kv_gather, acc.kv_valid, to_device)
+        self.cache.keep_accepted(acc.kv_gather, acc.kv_valid, self.pos, to_device)
         self.pos = self.pos + to_device(acc.kept, "kept")
         last = to_device(acc.last_node, "last_node")
         self.hidden = hidden[torch.arange(hidden.shape[0], device=self.device), last]  # [B, H]
@@ -82,14 +82,18 @@ class TreeVerifier:
         tokens = staging.to_device(tree.tokens, "tokens")  # [B, N]
         depth = staging.to_device(tree.depth, "depth")  # [B, N]
         positions = batch.pos[:, None] + depth  # [B, N]
+        q_pos = positions
         if target.max_positions:
             # Learned position tables (GPT-2) end at max_positions. A node past the end only
             # predicts tokens beyond its request's budget (prompt + budget <= max_positions is
             # checked at add), which are never emitted, so clamping changes no output.
             positions = positions.clamp(max=target.max_positions - 1)
         cache = batch.cache
-        if tree.tokens.shape[1] == 1 and cache.dense:  # a plain step: every slot visible
+        plain = tree.tokens.shape[1] == 1 and cache.dense and target.sliding_window is None
+        if plain:  # a plain step: every slot visible
             return target.forward(tokens, cache.cache, None, position_ids=positions)
         tree_mask = staging.to_device(tree.mask, "mask")  # [B, N, N]
         mask = cache.tree_mask(tree_mask)  # [B, 1, N, S + N]
+        k_pos = torch.cat([cache.positions, q_pos], dim=1)  # [B, S + N]
+        mask = target.tree_masks(mask, q_pos, k_pos)  # sliding-window layers: their own mask
         return target.forward(tokens, cache.cache, mask, position_ids=positions)

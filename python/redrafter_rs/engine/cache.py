@@ -104,12 +104,18 @@ def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class BatchCache:
-    """The batch's cache with its slot mask `valid` [B, S] (on the device) and each row's count
-    of valid slots `filled` [B] (on the host, so that no step reads the mask back)."""
+    """The batch's cache with its slot mask `valid` [B, S] and each slot's token position
+    `positions` [B, S] (both on the device; positions are read by sliding-window masks), and each
+    row's count of valid slots `filled` [B] (on the host, so that no step reads the mask back)."""
 
-    def __init__(self, cache: DynamicCache, valid: torch.Tensor, filled=None) -> None:
+    def __init__(
+        self, cache: DynamicCache, valid: torch.Tensor, filled=None, positions=None
+    ) -> None:
         self.cache = cache
         self.valid = valid  # [B, S] bool: slot s of row b holds a real token
+        if positions is None:  # a row's valid slots in order, from 0
+            positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        self.positions = positions  # [B, S] int64 (any value in invalid slots)
         if filled is None:  # a device read, once per construction
             filled = valid.sum(1).cpu()
         self.filled = np.asarray(filled, dtype=np.int64).reshape(-1).copy()
@@ -133,10 +139,13 @@ class BatchCache:
         ctx = self.valid[:, None, None, :].expand(B, 1, N, self.width)
         return torch.cat([ctx, tree_mask[:, None]], dim=-1)
 
-    def keep_accepted(self, gather: np.ndarray, valid: np.ndarray, to_device=None) -> None:
+    def keep_accepted(
+        self, gather: np.ndarray, valid: np.ndarray, start: torch.Tensor, to_device=None
+    ) -> None:
         """Keep tree slots `gather` [B, M] (node indices) after the context; drop the rest.
-        `valid` [B, M] (host) marks the kept slots that hold accepted tokens; `to_device(array,
-        name)` moves host arrays to the device (default: a plain copy)."""
+        `valid` [B, M] (host) marks the kept slots that hold accepted tokens: the accepted path,
+        whose slot j holds position start[b] + j (`start` [B]: the rows' positions before the
+        step). `to_device(array, name)` moves host arrays to the device (default: a copy)."""
         S = self.width
         B, M = gather.shape
         moved = not (gather == np.arange(M)).all()
@@ -155,7 +164,27 @@ class BatchCache:
             layer.keys = layer.keys[:, :, : S + M]
             layer.values = layer.values[:, :, : S + M]
         self.valid = torch.cat([self.valid, to_device(valid, "kv_valid")], dim=1)
+        new = start[:, None] + torch.arange(M, device=device)[None]  # [B, M]
+        self.positions = torch.cat([self.positions, new], dim=1)
         self.filled += valid.sum(1)
+
+    def extend(self, valid: np.ndarray, positions: torch.Tensor, to_device=None) -> None:
+        """Record D slots that a forward just appended to every row: `valid` [B, D] (host)
+        marks the real ones (a ragged append pads rows on the right), `positions` [B, D] their
+        token positions."""
+        device = self.valid.device
+        if to_device is None:
+            to_device = lambda a, _name: torch.as_tensor(a, device=device)  # noqa: E731
+        self.valid = torch.cat([self.valid, to_device(valid, "extend_valid")], dim=1)
+        self.positions = torch.cat([self.positions, positions], dim=1)
+        self.filled += valid.sum(1)
+
+    def crop(self, width: int) -> None:
+        """Drop every slot past the first `width` (entries a forward appended for a moment,
+        such as drafted tokens); `valid` and `positions` already end there."""
+        for layer in _layers(self.cache):
+            layer.keys = layer.keys[:, :, :width]
+            layer.values = layer.values[:, :, :width]
 
     def select(self, rows) -> None:
         """Keep only batch rows `rows` (host ints; a finished request stops costing compute)."""
@@ -165,6 +194,7 @@ class BatchCache:
             layer.keys = layer.keys[idx]
             layer.values = layer.values[idx]
         self.valid = self.valid[idx]
+        self.positions = self.positions[idx]
         self.filled = self.filled[rows]
 
     def merge(self, other: BatchCache) -> None:
@@ -174,8 +204,9 @@ class BatchCache:
             for name in ("keys", "values"):
                 a, b = getattr(mine, name), getattr(theirs, name)
                 setattr(mine, name, torch.cat([_pad_left(a, width), _pad_left(b, width)], 0))
-        pad = [F.pad(v.valid, (width - v.width, 0)) for v in (self, other)]
-        self.valid = torch.cat(pad)
+        valid = [F.pad(v.valid, (width - v.width, 0)) for v in (self, other)]
+        pos = [F.pad(v.positions, (width - v.width, 0)) for v in (self, other)]
+        self.valid, self.positions = torch.cat(valid), torch.cat(pos)
         self.filled = np.concatenate([self.filled, other.filled])
 
     def waste(self) -> float:
@@ -193,3 +224,4 @@ class BatchCache:
                 B, h, _, D = kv.shape
                 setattr(layer, name, kv.gather(2, idx[:, None, :, None].expand(B, h, keep, D)))
         self.valid = self.valid.gather(1, idx)
+        self.positions = self.positions.gather(1, idx)

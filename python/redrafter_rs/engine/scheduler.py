@@ -425,7 +425,7 @@ class SpeculativeGenerator:
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # [b, T]
         cache = self.target.new_cache()
         hidden = self.target.forward(ids, cache, mask, position_ids=positions)  # [b, T, H]
-        return BatchCache(cache, mask.bool(), filled), mask.sum(1), hidden[:, -1]
+        return BatchCache(cache, mask.bool(), filled, positions), mask.sum(1), hidden[:, -1]
 
     def _draft(self, shape: Shape) -> torch.Tensor:
         """Beams [B, W', L] from the drafter (W' may differ from W for multi-source drafters;
@@ -499,12 +499,5 @@ class SpeculativeGenerator:
             not limit or T + budget <= limit,
             f"input_ids: prompt length {T} + max_new_tokens {budget} exceeds the model's "
             f"max_position_embeddings ({limit})",
-        )
-        window = self.target.sliding_window
-        check(
-            not window or T + budget <= window,
-            f"input_ids: prompt length {T} + max_new_tokens {budget} exceeds the model's "
-            f"sliding window ({window}); tree verification of sliding-window layers beyond the "
-            "window is not supported yet",
         )
         return ids.tolist()
