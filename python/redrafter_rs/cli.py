@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     from redrafter_rs.drafters.datastore import add_datastore_parser
 
     add_datastore_parser(sub)
+    from redrafter_rs.serving import cli as serving
+
+    serving.add_parser(sub)
     return parser
 
 

@@ -53,6 +53,7 @@ from redrafter_rs._validate import nonnegative_int, positive_int
 from redrafter_rs.bench.oracle import OracleDrafter
 from redrafter_rs.bench.report import markdown_table, summarize, write_reports
 from redrafter_rs.drafters.draft_model import DRAFT_MODEL_HELP
+from redrafter_rs.drafters.protocol import NoDrafter
 from redrafter_rs.engine.policy import shape_name
 
 DEFAULT_GRID = ((1, 3), (1, 4), (2, 4), (4, 4), (4, 5))  # small trees: see benchmarks/README.md
@@ -272,7 +273,7 @@ def build_methods(config: BenchConfig, setup: Setup) -> tuple[list[Method], dict
     model, n = setup.model, config.max_new_tokens
     methods = [
         Method("hf_greedy", hf_runner(model, n)),
-        Method("plain_loop", _engine_runner(model, _NoDrafter(), n, 1, 1), shape=(1, 1)),
+        Method("plain_loop", _engine_runner(model, NoDrafter(), n, 1, 1), shape=(1, 1)),
     ]
     skipped: dict[str, str] = {}
     for W, L in config.grid:
@@ -346,13 +347,6 @@ def _retrieval_methods(config: BenchConfig, setup: Setup) -> list[Method]:
 def _grid_bound(grid: tuple[tuple[int, int], ...]) -> tuple[int, int]:
     """The largest W and the largest L of the grid: the adaptive methods' upper bound."""
     return max(W for W, _ in grid), max(L for _, L in grid)
-
-
-class _NoDrafter(nn.Module):
-    """Stand-in drafter for plain decoding (L = 1 never drafts)."""
-
-    def draft(self, hidden, root, *, embed, beam_width, beam_length, context=None):
-        return root.view(-1, 1, 1).expand(-1, beam_width, 1).contiguous()
 
 
 def _fast_variant(method: Method) -> Method:

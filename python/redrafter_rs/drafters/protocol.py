@@ -51,6 +51,13 @@ class Drafter(Protocol):
         ...
 
 
+class NoDrafter:
+    """Proposes nothing: every beam is the root alone (plain decoding, W = L = 1)."""
+
+    def draft(self, hidden, root, *, embed, beam_width, beam_length, context=None):
+        return root.view(-1, 1, 1).expand(-1, beam_width, 1).contiguous()
+
+
 def require_context(drafter: object, context, request_ids) -> None:
     """Refuse a `draft` call without `context` and `request_ids` (a drafter that declares
     `uses_context = True` needs both; the engine always passes them)."""
