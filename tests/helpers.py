@@ -8,6 +8,7 @@ or from conftest.py (which holds the fixtures only).
 from __future__ import annotations
 
 import math
+import string
 
 import numpy as np
 import torch
@@ -117,3 +118,26 @@ def assert_same_distribution(plain: np.ndarray, spec: np.ndarray, n: int, label:
     print(f"\n{label}: chi2 p = {p_value:.4f}, TV = {tv:.4f} (bound {bound:.4f})")
     assert p_value > 0.01
     assert tv < bound
+
+
+def char_tokenizer(vocab_size: int = 96):
+    """A real `PreTrainedTokenizerFast`: one token per character, `vocab_size` ids (the tiny
+    models' vocabulary), and a simple chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<s>": 2}
+    for c in string.ascii_letters + string.digits + " .,!?'-:;\n" + string.punctuation:
+        if len(vocab) < vocab_size:
+            vocab.setdefault(c, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="?"))
+    tk.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", bos_token="<s>", unk_token="?"
+    )
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    return tok

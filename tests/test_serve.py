@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import string
 import threading
 import time
 
@@ -16,36 +15,13 @@ import pytest
 import torch
 
 import redrafter_rs as rr
-from helpers import tiny_llama
+from helpers import char_tokenizer, tiny_llama
 from redrafter_rs.serving.cli import running_server
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 V = 96
-TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
-)
-
-
-def char_tokenizer():
-    """A real `PreTrainedTokenizerFast`: one token per character, V ids, a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<s>": 2}
-    for c in string.ascii_letters + string.digits + " .,!?'-:;\n" + string.punctuation:
-        if len(vocab) < V:
-            vocab.setdefault(c, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="?"))
-    tk.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", bos_token="<s>", unk_token="?"
-    )
-    tok.chat_template = TEMPLATE
-    return tok
 
 
 @pytest.fixture(scope="module")

@@ -254,12 +254,10 @@ class _Events:
 
 
 def _column(data: dict, name: str, rows: int, default, cast):
-    """Per-row values of an optional [B, 1] input (a single row applies to every row)."""
+    """Per-row values of an optional [B, 1] input."""
     if name not in data:
         return [default] * rows
     values = np.asarray(data[name]).reshape(-1)
-    if len(values) == 1:
-        values = np.repeat(values, rows)
     if len(values) != rows:
         raise BadInput(f"'{name}' has {len(values)} values for {rows} sequences")
     return [cast(v) for v in values.tolist()]
@@ -308,13 +306,15 @@ class RedrafterTriton:
         backend_python: str | None = None,
         grace_s: float = 30.0,
         log_verbose: int = 0,
+        log_file: str | os.PathLike | None = None,
         **spec,
     ) -> None:
         """`drafter`: a drafter module (e.g. `RecurrentDrafter`), wrapped with retrieval drafts
         when `retrieval`; None drafts by retrieval (prompt lookup) alone. `spec`: `SpecConfig`
         fields (beam_width, beam_length, tree_nodes, adaptive, ...). Ports: 0 picks a free
         one, None keeps Triton's default (8000 HTTP, 8001 gRPC, 8002 metrics). `instances`:
-        ``redrafter`` calls served at once."""
+        ``redrafter`` calls served at once. `log_file`: Triton's log there instead of this
+        process's stdout/stderr."""
         if not (isinstance(instances, int) and instances >= 1):
             raise RedrafterError(f"instances must be an integer >= 1, got {instances!r}")
         self.model, self.tok, self.drafter, self.retrieval = model, tokenizer, drafter, retrieval
@@ -329,6 +329,7 @@ class RedrafterTriton:
         self.backend_python = backend_python
         self.grace_s = grace_s
         self.log_verbose = log_verbose
+        self.log_file = None if log_file is None else pathlib.Path(log_file)
         self.loop: EngineLoop | None = None
         self._triton = None
 
@@ -368,11 +369,13 @@ class RedrafterTriton:
             metrics_address=self.host,
             metrics_port=self.ports["metrics"],
             log_verbose=self.log_verbose,
+            log_file=self.log_file,
             exit_timeout_secs=max(int(self.grace_s), 1),
         )
-        triton = Triton(config=config)
         inputs, outputs = self._tensors()
+        triton = None
         try:
+            triton = Triton(config=config)
             triton.bind(
                 model_name=self.model_name,
                 infer_func=[self._infer] * self.instances,
@@ -390,8 +393,9 @@ class RedrafterTriton:
             with _backend_environment(backend):
                 triton.run()
         except Exception as e:
-            with contextlib.suppress(Exception):
-                triton.stop()
+            if triton is not None:
+                with contextlib.suppress(Exception):
+                    triton.stop()
             self.loop.close(0.0)
             self.loop = None
             raise TritonUnavailable(f"Triton did not start: {type(e).__name__}: {e}") from e
