@@ -142,6 +142,31 @@ def test_measured_step_times_scale_each_shapes_cost():
     assert off.timed_all == 0 and off.cost_ms(1, 1, 1) == 51.0  # TARGET_MS[1], unscaled
 
 
+def test_slowdowns_are_learnt_per_batch_size():
+    """A tree whose steps run at their predicted cost alone but 2x slower at 16 rows (what the
+    tables miss grows with the rows: `redrafter serve` under load) stays the choice at B = 1 and
+    gives way to plain decoding at B = 16, where plain steps run as predicted. A batch size with
+    no timed step of a shape yet uses the shape's slowdown over all batch sizes."""
+    shapes = ((1, 1), (4, 4, 9))
+    p = _policy(shapes)
+    p.target_ms = {1: 50.0, 16: 60.0, 160: 120.0, 256: 200.0}  # verification nearly free
+    p.draft_ms = {(1, 1): 0.0, (4, 4, 9): 0.5}
+    _feed(p, 4, 4, rate=0.7, N=9, steps=400)
+    tree, plain = (4, 4, 9), (1, 1)
+    assert p.choose(1) == tree and p.choose(16) == tree  # on the tables alone
+    for B, factor in ((1, 1.0), (16, 2.0)):
+        for _ in range(20):
+            p.observe_time(tree, B, factor * p._table_ms(B, tree))
+            p.observe_time(plain, B, p._table_ms(B, plain))
+    assert p.cost_ms(1, *tree) == pytest.approx(p._table_ms(1, tree))
+    assert p.cost_ms(16, *tree) == pytest.approx(2.0 * p._table_ms(16, tree))
+    assert p.choose(1) == tree and p.choose(16) == plain
+    between = p.slowdown[tree]  # B = 4 was never timed: the shape's slowdown over all B
+    assert 1.0 < between < 2.0 and p.cost_ms(4, *tree) == pytest.approx(
+        between * p._table_ms(4, tree)
+    )
+
+
 def test_adaptive_generation_stays_exact_and_calibrates(tiny_model, tiny_drafter):
     ids = torch.tensor([[4, 8, 15, 16]])
     want = tiny_model.generate(ids, do_sample=False, max_new_tokens=40)

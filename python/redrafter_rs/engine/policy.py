@@ -11,7 +11,11 @@ sides are measured, not guessed:
   What the tables miss (the engine's host copies, packing, acceptance, KV upkeep and emitting;
   the real context length and the 4D tree mask the calibration forward runs without) is learnt
   from the engine's wall time of each step: slowdown = running mean of measured / predicted,
-  per shape (before a shape's first step: over all steps), multiplies the tables' cost. It is
+  per shape and batch-size bucket (B = 1, 2-3, 4-7, 8-15, 16+; before a shape's first step in
+  a bucket: the shape's over all batch sizes; before its first step at all: over all steps),
+  multiplies the tables' cost. Per bucket because what the tables miss grows with the rows
+  differently per shape (2-core AMD EPYC, `redrafter serve` at 4 and 16 clients: trees priced
+  from batch-1 slowdowns cost 9-12% of throughput against plain decoding). It is
   kept per shape because it differs by shape (0.84x-1.46x across shapes in one demo run on a
   2-core AMD EPYC, calibration noise included): one additive overhead for all shapes made plain
   decoding look as slow as trees and picked trees where they did not pay.
@@ -109,6 +113,8 @@ class ShapePolicy:
         self.slowdown = dict.fromkeys(self.config.shapes, 1.0)
         self.timed = dict.fromkeys(self.config.shapes, 0)
         self.slowdown_all, self.timed_all = 1.0, 0
+        self.slowdown_b: dict[tuple, float] = {}  # (shape, batch bucket) -> slowdown
+        self.timed_b: dict[tuple, int] = {}
         self.target_ms: dict[int, float] = {}  # new tokens -> ms
         self.draft_ms: dict[Shape, float] = {}  # shape -> ms at B = 1
         self.steps = 0
@@ -195,7 +201,11 @@ class ShapePolicy:
     def cost_ms(self, B: int, *shape: int) -> float:
         """Predicted wall time of one engine step of `shape` over B rows: the tables' cost
         times the measured slowdown of this shape (of all steps, before it is timed)."""
-        slowdown = self.slowdown[shape] if self.timed[shape] else self.slowdown_all
+        key = (shape, _bucket(B))
+        if self.timed_b.get(key):
+            slowdown = self.slowdown_b[key]
+        else:
+            slowdown = self.slowdown[shape] if self.timed[shape] else self.slowdown_all
         return self._table_ms(B, shape) * slowdown
 
     def _table_ms(self, B: int, shape: Shape) -> float:
@@ -257,6 +267,16 @@ class ShapePolicy:
         self.timed[shape] += 1
         self.slowdown_all += self._weight(self.timed_all, 0) * (ratio - self.slowdown_all)
         self.timed_all += 1
+        key = (shape, _bucket(B))
+        n = self.timed_b.get(key, 0)
+        old = self.slowdown_b.get(key, ratio)
+        self.slowdown_b[key] = old + self._weight(n, 0) * (ratio - old)
+        self.timed_b[key] = n + 1
+
+
+def _bucket(B: int) -> int:
+    """Batch-size bucket of the learnt slowdowns: 1, 2-3, 4-7, 8-15, 16+ -> 1..5."""
+    return min(max(int(B), 1).bit_length(), 5)
 
 
 def _initial_nodes(shape: Shape) -> int:
