@@ -40,9 +40,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import redrafter_rs as rr
+from redrafter_rs._common import cuda_sync
 from redrafter_rs._io import atomic_write_json, atomic_write_text
 from redrafter_rs.bench.cost import cost_curve
 from redrafter_rs.bench.oracle import OracleDrafter
+from redrafter_rs.bench.report import machine_info
 from redrafter_rs.engine.target import Target
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,19 +92,14 @@ def prompts_for(model, count: int, seed: int) -> list[torch.Tensor]:
     return [torch.randint(3, V, (int(n),), generator=gen) for n in lengths]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def plain_greedy(model, prompt: torch.Tensor, n: int) -> tuple[list[int], float]:
     device = model.device
     ids = prompt[None].to(device)
-    sync(device)
+    cuda_sync(device)
     t = time.perf_counter()
     out = model.generate(ids, do_sample=False, max_new_tokens=n, min_new_tokens=n)
-    sync(device)
+    cuda_sync(device)
     return out[0, ids.shape[1] :].tolist(), time.perf_counter() - t
 
 
@@ -113,7 +110,7 @@ def engine_run(model, drafter, prompts, n: int, shape=(4, 5), exact_timing=False
     for i, p in enumerate(prompts):
         gen.add(i, p.to(model.device))
     device = model.device
-    sync(device)
+    cuda_sync(device)
     t = time.perf_counter()
     gen.step()  # prefill (+ the first decode step when nothing is pending)
     steps, step_s, waits, handoffs, torch_syncs = 0, 0.0, 0, 0, []
@@ -137,7 +134,7 @@ def engine_run(model, drafter, prompts, n: int, shape=(4, 5), exact_timing=False
         handoffs += gen.staging.handoffs - h0
         if debug:
             torch_syncs.append(sum("synchroniz" in str(w.message) for w in caught))
-    sync(device)
+    cuda_sync(device)
     wall = time.perf_counter() - t
     done = gen.pop_finished()
     tokens = [done[i].tokens for i in range(len(prompts))]
@@ -308,19 +305,9 @@ def environment(device: torch.device) -> dict:
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
     else:
-        env["cpu"] = _cpu_name()
+        env["cpu"] = machine_info()["cpu"]
         env["threads"] = torch.get_num_threads()
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def check_model(name: str, args, device: torch.device) -> dict:

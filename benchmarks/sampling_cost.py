@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
 
+from redrafter_rs.bench.report import machine_info
 from redrafter_rs.engine.sampling import SamplingParams, choose_tokens
 
 
@@ -42,17 +42,6 @@ def _arms(logits, params, seeded, depth, gen) -> dict:
             logits, [seeded] * B, [None] * B, start=[100] * B, depth=depth
         ),
     }
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:
@@ -87,7 +76,12 @@ def main() -> None:
             f"{settings} B={B:2d} N={N:2d}: exponential race {row['exponential_race']:7.3f} ms, "
             f"inverse CDF {row['inverse_cdf']:6.3f} ms, seeded {row['inverse_cdf_seeded']:6.3f} ms"
         )
-    meta = {"cpu": _cpu(), "threads": torch.get_num_threads(), "torch": torch.__version__, "V": V}
+    meta = {
+        "cpu": machine_info()["cpu"],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "V": V,
+    }
     print(json.dumps(meta))
     if args.out:
         with open(args.out, "w") as f:

@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     import torch
 
     from redrafter_rs._io import atomic_write_json, atomic_write_text
+    from redrafter_rs.bench.report import machine_info
     from redrafter_rs.data import mt_bench_questions
     from redrafter_rs.models import load_model
     from redrafter_rs.serving.cli import running_server
@@ -127,9 +128,7 @@ def main(argv=None) -> int:
                 res = run_level(urls[mode], prompts, c, args.requests, args.max_tokens)
                 results[mode].append(res)
                 print(mode, json.dumps({k: round(v, 2) for k, v in res.items()}), flush=True)
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")),
-               "unknown")  # fmt: skip
+    cpu = machine_info()["cpu"]
     report = {"cpu": cpu, "threads": threads, "args": vars(args) | {
         "out": str(args.out)}, "results": results}  # fmt: skip
     lines = [

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from redrafter_rs._common import cuda_sync
+from redrafter_rs.engine.cache import crop
 from redrafter_rs.engine.target import Target
 
 
@@ -49,12 +50,6 @@ def chain_mask(context: int, n: int) -> torch.Tensor:
     ctx = torch.ones(1, 1, n, context, dtype=torch.bool)
     tree = torch.ones(n, n, dtype=torch.bool).tril()[None, None]
     return torch.cat([ctx, tree], dim=-1)
-
-
-def crop(cache, length: int) -> None:
-    """Drop every cache entry past the first `length` (what the engine does after a step)."""
-    for layer in cache.layers:
-        layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
 
 
 def _median(xs: list[float]) -> float:

@@ -497,8 +497,9 @@ def _logit_diff(model: nn.Module, tok, text: str, extra: int = 16) -> float:
 def _tree_vs_plain(model: nn.Module, tok, text: str, extra: int = 16) -> dict:
     """Largest |Δlogit| between `extra` tokens decoded one plain step at a time and the same
     tokens verified in one tree forward (a chain under the 4D mask), stock and fast."""
-    from redrafter_rs.bench.cost import chain_mask, crop
+    from redrafter_rs.bench.cost import chain_mask
     from redrafter_rs.engine import fastpath
+    from redrafter_rs.engine.cache import crop
     from redrafter_rs.engine.target import Target
 
     target = Target(model)

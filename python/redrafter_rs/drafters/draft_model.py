@@ -34,8 +34,8 @@ from torch import nn
 
 from redrafter_rs.drafters.protocol import require_context
 from redrafter_rs.drafters.search import search_beams, search_best_nodes
-from redrafter_rs.engine.cache import BatchCache
-from redrafter_rs.engine.target import Target, left_pad
+from redrafter_rs.engine.cache import BatchCache, crop
+from redrafter_rs.engine.target import Target
 from redrafter_rs.engine.transfer import to_device_async
 from redrafter_rs.errors import RedrafterError, check
 
@@ -56,12 +56,10 @@ class _TreeSteps:
 
     def step(self, state: torch.Tensor, last: torch.Tensor):
         B, w = last.shape
-        device = last.device
         q_pos = (self.pos + self.depth)[:, None].expand(B, w)  # [B, w]
-        ctx = self.cache.valid[:, None, None, :].expand(B, 1, w, self.cache.width)
-        own = torch.eye(w, dtype=torch.bool, device=device).expand(B, w, w)
+        own = torch.eye(w, dtype=torch.bool, device=last.device).expand(B, w, w)
         tree = torch.cat([state, own], dim=-1)  # [B, w, K + w]: ancestors, then itself
-        mask = torch.cat([ctx, tree[:, None]], dim=-1)  # [B, 1, w, S + K + w]
+        mask = self.cache.tree_mask(tree)  # [B, 1, w, S + K + w]
         self.slot_pos.append(q_pos)
         k_pos = torch.cat([self.cache.positions, *self.slot_pos], dim=1)
         hidden = self.lm.forward(
@@ -99,7 +97,6 @@ class DraftModelDrafter:
         self._index: dict[Hashable, int] = {}  # request id -> cache row
         self._released: set[Hashable] = set()  # finished rows, dropped at the next draft
         self._cache: BatchCache | None = None
-        self._pos: np.ndarray = np.zeros(0, dtype=np.int64)  # context tokens cached per row
 
     def check_target(self, model: nn.Module) -> None:
         target = Target(model) if not isinstance(model, Target) else model
@@ -135,7 +132,7 @@ class DraftModelDrafter:
         self._catch_up(contexts)
         cache = self._cache
         width = cache.width
-        pos = to_device_async(self._pos, self.lm.device)  # [B] the root's position
+        pos = to_device_async(cache.filled, self.lm.device)  # [B] the root's position
         steps = _TreeSteps(self.lm, cache, pos)
         root = root.to(self.lm.device)
         try:
@@ -144,7 +141,7 @@ class DraftModelDrafter:
             else:
                 beams = search_best_nodes(steps, root, tree_nodes, beam_width, beam_length)
         finally:
-            cache.crop(width)  # the drafted tokens' entries leave the cache again
+            crop(cache.cache, width)  # the drafted tokens' entries leave the cache again
         return beams
 
     def release(self, request_id: Hashable) -> None:
@@ -169,14 +166,13 @@ class DraftModelDrafter:
     def _keep(self, rows: list[Hashable]) -> None:
         """Keep (and order) the cache rows of `rows`, all of which are cached."""
         if not rows:
-            self._rows, self._cache, self._pos = [], None, np.zeros(0, dtype=np.int64)
+            self._rows, self._cache = [], None
             self._released.clear()
             return
         if rows == self._rows:
             return
-        index = [self._index[r] for r in rows]
-        self._cache.select(index)
-        self._rows, self._pos = rows, self._pos[index]
+        self._cache.select([self._index[r] for r in rows])
+        self._rows = rows
 
     def _align(self, request_ids: list[Hashable], contexts: list[torch.Tensor]) -> None:
         """Cache rows for exactly `request_ids`, in that order: new requests are prefilled
@@ -192,7 +188,7 @@ class DraftModelDrafter:
         stale = [
             i
             for i, rid in enumerate(request_ids)
-            if rid in self._index and self._pos[self._index[rid]] >= len(contexts[i])
+            if rid in self._index and self._cache.filled[self._index[rid]] >= len(contexts[i])
         ]  # a reused id whose context is shorter than what is cached: start it again
         if stale:
             gone = {request_ids[i] for i in stale}
@@ -207,29 +203,22 @@ class DraftModelDrafter:
             all(len(p) >= 1 for p in prompts),
             "DraftModelDrafter: a request's context must hold the prompt and the root",
         )
-        device = self.lm.device
-        tokens, mask = left_pad([p.tolist() for p in prompts])
-        filled = mask.sum(1).numpy()
-        tokens, mask = tokens.to(device), mask.to(device)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        cache = self.lm.new_cache()
-        self.lm.forward(tokens, cache, mask, position_ids=positions)
-        part = BatchCache(cache, mask.bool(), filled, positions)
+        part, _, _ = self.lm.prefill([p.tolist() for p in prompts])
         if self._cache is None:
             self._cache = part
         else:
             self._cache.merge(part)
         self._rows = self._rows + ids
-        self._pos = np.concatenate([self._pos, filled.astype(np.int64)])
 
     def _catch_up(self, contexts: list[torch.Tensor]) -> None:
         """Append each row's context tokens since its last draft (the root excluded), ragged
         rows padded on the right, in one forward."""
-        need = [c[int(n) : len(c) - 1] for c, n in zip(contexts, self._pos, strict=True)]
+        cache = self._cache
+        need = [c[int(n) : len(c) - 1] for c, n in zip(contexts, cache.filled, strict=True)]
         D = max(len(t) for t in need)
         if D == 0:
             return
-        cache, device = self._cache, self.lm.device
+        device = self.lm.device
         B = len(need)
         tokens = torch.zeros(B, D, dtype=torch.long)
         valid = np.zeros((B, D), dtype=bool)
@@ -237,13 +226,12 @@ class DraftModelDrafter:
             tokens[b, : len(t)] = t
             valid[b, : len(t)] = True
         valid_d = to_device_async(valid, device, torch.bool)
-        positions = to_device_async(self._pos, device)[:, None] + torch.arange(D, device=device)
+        positions = to_device_async(cache.filled, device)[:, None] + torch.arange(D, device=device)
         causal = torch.ones(D, D, dtype=torch.bool, device=device).tril()
         eye = torch.eye(D, dtype=torch.bool, device=device)
         # a padding query sees only itself: its (unused) entries stay finite
         chunk = (causal & valid_d[:, None, :]) | eye  # [B, D, D]
-        ctx = cache.valid[:, None, :].expand(B, D, cache.width)
-        mask = torch.cat([ctx, chunk], dim=-1)[:, None]  # [B, 1, D, S + D]
+        mask = cache.tree_mask(chunk)  # [B, 1, D, S + D]
         k_pos = torch.cat([cache.positions, positions], dim=1)
         self.lm.forward(
             tokens.to(device),
@@ -251,8 +239,7 @@ class DraftModelDrafter:
             self.lm.tree_masks(mask, positions, k_pos),
             position_ids=positions,
         )
-        cache.extend(valid, positions)
-        self._pos = self._pos + valid.sum(1)
+        cache.extend(valid, positions)  # each row's count of cached context tokens grows
         if cache.waste() > 0.5:  # ragged appends leave holes: squeeze them now and then
             cache.compact()
 

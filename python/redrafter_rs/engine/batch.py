@@ -18,7 +18,7 @@ import torch
 from redrafter_rs import _core
 from redrafter_rs.engine.cache import BatchCache
 from redrafter_rs.engine.target import Target
-from redrafter_rs.engine.transfer import Staging, to_device_async
+from redrafter_rs.engine.transfer import Staging
 
 
 class Batch:
@@ -53,8 +53,7 @@ class Batch:
         if not keep:
             self.cache = self.pos = self.hidden = self.root = None
             return
-        idx = to_device_async(keep, self.device)
-        self.cache.select(keep)
+        idx = self.cache.select(keep)
         self.pos, self.hidden, self.root = self.pos[idx], self.hidden[idx], self.root[idx]
 
     def advance(self, acc: _core.Acceptance, hidden: torch.Tensor) -> None:

@@ -98,6 +98,18 @@ def _layers(cache: DynamicCache) -> list:
     return [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
 
 
+def crop(cache: DynamicCache, length: int) -> None:
+    """Drop every cache entry past the first `length` slots of every layer (a SlotLayer only
+    moves its fill mark)."""
+    for layer in _layers(cache):
+        layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+
+
+def _copy_to(device: torch.device):
+    """The default `to_device(array, name)`: a plain copy of a host array to `device`."""
+    return lambda array, _name: torch.as_tensor(array, device=device)
+
+
 def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
     """[B, h, S, D] -> [B, h, width, D] with zero slots on the left."""
     return F.pad(x, (0, 0, width - x.shape[2], 0))
@@ -150,8 +162,7 @@ class BatchCache:
         B, M = gather.shape
         moved = not (gather == np.arange(M)).all()
         device = self.valid.device
-        if to_device is None:
-            to_device = lambda a, _name: torch.as_tensor(a, device=device)  # noqa: E731
+        to_device = to_device or _copy_to(device)
         if moved:
             idx = to_device(gather, "kv_gather")  # [B, M]
         for layer in _layers(self.cache):
@@ -163,31 +174,21 @@ class BatchCache:
                     kv[:, :, S : S + M] = kv[:, :, S:].gather(2, index)
             layer.keys = layer.keys[:, :, : S + M]
             layer.values = layer.values[:, :, : S + M]
-        self.valid = torch.cat([self.valid, to_device(valid, "kv_valid")], dim=1)
         new = start[:, None] + torch.arange(M, device=device)[None]  # [B, M]
-        self.positions = torch.cat([self.positions, new], dim=1)
-        self.filled += valid.sum(1)
+        self.extend(valid, new, to_device)
 
     def extend(self, valid: np.ndarray, positions: torch.Tensor, to_device=None) -> None:
         """Record D slots that a forward just appended to every row: `valid` [B, D] (host)
-        marks the real ones (a ragged append pads rows on the right), `positions` [B, D] their
-        token positions."""
-        device = self.valid.device
-        if to_device is None:
-            to_device = lambda a, _name: torch.as_tensor(a, device=device)  # noqa: E731
-        self.valid = torch.cat([self.valid, to_device(valid, "extend_valid")], dim=1)
+        marks the real ones (a ragged append pads rows on the right, a step's accepted paths
+        leave holes), `positions` [B, D] their token positions."""
+        to_device = to_device or _copy_to(self.valid.device)
+        self.valid = torch.cat([self.valid, to_device(valid, "kv_valid")], dim=1)
         self.positions = torch.cat([self.positions, positions], dim=1)
         self.filled += valid.sum(1)
 
-    def crop(self, width: int) -> None:
-        """Drop every slot past the first `width` (entries a forward appended for a moment,
-        such as drafted tokens); `valid` and `positions` already end there."""
-        for layer in _layers(self.cache):
-            layer.keys = layer.keys[:, :, :width]
-            layer.values = layer.values[:, :, :width]
-
-    def select(self, rows) -> None:
-        """Keep only batch rows `rows` (host ints; a finished request stops costing compute)."""
+    def select(self, rows) -> torch.Tensor:
+        """Keep only batch rows `rows` (host ints; a finished request stops costing compute).
+        Returns the device index it used, for the caller's own per-row tensors."""
         rows = [int(r) for r in rows]
         idx = to_device_async(rows, self.valid.device)
         for layer in _layers(self.cache):
@@ -196,6 +197,7 @@ class BatchCache:
         self.valid = self.valid[idx]
         self.positions = self.positions[idx]
         self.filled = self.filled[rows]
+        return idx
 
     def merge(self, other: BatchCache) -> None:
         """Append `other`'s rows; both are left-padded to the wider slot axis."""

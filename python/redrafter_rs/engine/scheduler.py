@@ -39,7 +39,6 @@ from redrafter_rs._validate import (
 from redrafter_rs.drafters.protocol import DrafterAdapter
 from redrafter_rs.engine.acceptor import Acceptor, ExactAcceptor, VerifiedStep
 from redrafter_rs.engine.batch import Batch, TreeVerifier
-from redrafter_rs.engine.cache import BatchCache
 from redrafter_rs.engine.policy import (
     PolicyConfig,
     Shape,
@@ -47,8 +46,8 @@ from redrafter_rs.engine.policy import (
     shape_name,
 )
 from redrafter_rs.engine.sampling import GREEDY, SamplingParams, choose_tokens
-from redrafter_rs.engine.target import Target, left_pad
-from redrafter_rs.engine.transfer import Staging, to_device_async
+from redrafter_rs.engine.target import Target
+from redrafter_rs.engine.transfer import Staging
 from redrafter_rs.errors import RedrafterError, check
 
 
@@ -370,7 +369,7 @@ class SpeculativeGenerator:
     def _admit(self, out: dict[Hashable, list[int]]) -> None:
         timer = _Timer(self.time_s, self.target.device, self.config.exact_timing)
         reqs, self._pending = self._pending, []
-        cache, pos, hidden = self._prefill([r.prompt for r in reqs])
+        cache, pos, hidden = self.target.prefill([r.prompt for r in reqs])
         logits = self.target.logits(hidden)[:, None]  # [b, 1, V]
         params, gens = [r.params for r in reqs], [r.generator for r in reqs]
         root = choose_tokens(logits, params, gens, start=[len(r.prompt) for r in reqs])[:, 0]
@@ -379,8 +378,7 @@ class SpeculativeGenerator:
         timer.lap("prefill")
         if not keep:
             return
-        idx = to_device_async(keep, root.device)
-        cache.select(keep)
+        idx = cache.select(keep)
         self.batch.join(cache, pos[idx], hidden[idx], root[idx], [reqs[i] for i in keep])
 
     def _decode(self, out: dict[Hashable, list[int]]) -> None:
@@ -416,17 +414,6 @@ class SpeculativeGenerator:
             self.policy.observe_time(shape, B, (time.perf_counter() - start) * 1e3)
 
     # ---- pieces -------------------------------------------------------------------------
-    def _prefill(self, prompts: list[list[int]]):
-        """Left-padded batched prefill: (BatchCache, next positions [b], last hidden [b, H])."""
-        device = self.target.device
-        ids, mask = left_pad(prompts)
-        filled = mask.sum(1).numpy()  # [b] valid slots per row, counted on the host
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)  # [b, T]
-        cache = self.target.new_cache()
-        hidden = self.target.forward(ids, cache, mask, position_ids=positions)  # [b, T, H]
-        return BatchCache(cache, mask.bool(), filled, positions), mask.sum(1), hidden[:, -1]
-
     def _draft(self, shape: Shape) -> torch.Tensor:
         """Beams [B, W', L] from the drafter (W' may differ from W for multi-source drafters;
         W' = N, ragged with -1 padding, for a best-nodes tree (W, L, N)). The drafter protocol

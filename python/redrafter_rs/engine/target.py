@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from redrafter_rs.engine.cache import SlotCache
+from redrafter_rs.engine.cache import BatchCache, SlotCache
 from redrafter_rs.errors import RedrafterError, check
 
 MASK_BACKENDS = ("sdpa", "eager", "flex_attention")  # attention backends that take a 4D mask
@@ -122,6 +122,17 @@ class Target:
         """A cache of plain full-attention layers in pre-allocated buffers (the engine manages
         slots and masks; appending costs O(new tokens), not a copy of the whole cache)."""
         return SlotCache()
+
+    def prefill(self, prompts) -> tuple[BatchCache, torch.Tensor, torch.Tensor]:
+        """A left-padded batched forward over `prompts` (lists of ids) into a new cache:
+        (BatchCache, each row's next position [b], each row's last hidden state [b, H])."""
+        ids, mask = left_pad(prompts)
+        filled = mask.sum(1).numpy()  # [b] valid slots per row, counted on the host
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # [b, T]
+        cache = self.new_cache()
+        hidden = self.forward(ids, cache, mask, position_ids=positions)  # [b, T, H]
+        return BatchCache(cache, mask.bool(), filled, positions), mask.sum(1), hidden[:, -1]
 
     def forward(
         self,

@@ -91,7 +91,7 @@ class EngineLoop:
         (prompt too long for the model, bad ids) raises `RedrafterError` when it is added to the
         generator, reported through `on_done(None, message)`."""
         with self._cv:
-            if self._closing or self._stopped:
+            if not self.accepting:
                 raise Closed("the server is shutting down; no new requests")
             if len(self._waiting) >= self.max_queue:
                 self.stats.requests["rejected"] += 1
@@ -111,6 +111,11 @@ class EngineLoop:
         with self._cv:
             self._cancelled.add(rid)
             self._cv.notify()
+
+    @property
+    def accepting(self) -> bool:
+        """Whether `submit` takes requests (false once `close` began)."""
+        return not (self._closing or self._stopped)
 
     @property
     def queue_depth(self) -> int:

@@ -409,7 +409,7 @@ def create_app(server: Server):
     async def health():
         loop = server.loop
         body = {"status": "ok", "active": loop.batch_size, "queued": loop.queue_depth}
-        if loop._closing or loop._stopped:
+        if not loop.accepting:
             return JSONResponse({**body, "status": "shutting down"}, status_code=503)
         return body
 
